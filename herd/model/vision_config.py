@@ -126,14 +126,14 @@ class VisionConfig(BaseModel):
         """`<|patch|>` tokens one tile contributes to the text sequence: (image/patch)**2 / s**2."""
         return self.num_patches // self.shuffle_factor**2
 
-    def num_params(self, text_hidden_size: int) -> int:
-        """Parameters of the tower, adapter and projector (into a text model of width `text_hidden_size`)."""
+    def num_params(self) -> int:
+        """Parameters of the tower and adapter (the projector into the text width belongs to ModelConfig)."""
         h, iv, p = self.hidden_size, self.intermediate_size, self.projector_output_dim
         patch = self.num_channels * self.patch_size**2 * h
         embeds = h + (self.num_patches + 1) * h + 2 * 2 * h  # class, positional, layernorm_pre/post
         layer = 4 * (h * h + h) + (h * iv + iv) + (iv * h + h) + 2 * 2 * h
         adapter = iv * self.projector_input_dim + p * p
-        return patch + embeds + self.num_hidden_layers * layer + adapter + self.vision_output_dim * text_hidden_size
+        return patch + embeds + self.num_hidden_layers * layer + adapter
 
     # ---- transformers interop -------------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
