@@ -1,0 +1,11 @@
+"""herd.model: Llama 4 (text decoder, early-fusion vision, MoE) in single-device PyTorch.
+
+    from herd.model import ModelConfig, Llama4, save_hf, load_hf
+    model = Llama4(ModelConfig())
+    out = model(input_ids)            # out.logits, out.aux_loss, out.router_stats
+"""
+
+from herd.model.config import ModelConfig, RopeParameters
+from herd.model.vision_config import VisionConfig
+
+__all__ = ["ModelConfig", "RopeParameters", "VisionConfig"]
