@@ -108,8 +108,9 @@ class ModelConfig(BaseModel):
     eoi_token_index: int = Field(7, ge=0, description="<|image_end|>.")
     # --- router load balancing (herd training only; not in config.json) ---
     router_balance: Literal["aux_loss", "aux_free", "none"] = Field(
-        "aux_free", description="aux_loss: switch-style loss x router_aux_loss_coef; aux_free: DeepSeek-V3 "
-        "per-expert bias on the top-k choice, updated by update_router_bias(); none: no balancing.")
+        "aux_loss", description="aux_loss: switch-style loss x router_aux_loss_coef (exports exactly); aux_free: "
+        "DeepSeek-V3 per-expert bias on the top-k choice, updated by update_router_bias() (transformers and vLLM "
+        "route without that bias, so save_hf warns when it is non-zero); none: no balancing.")
     router_aux_loss_coef: float = Field(0.001, ge=0, description="Weight of the switch load-balancing loss.")
     router_bias_update_rate: float = Field(1e-3, ge=0, description="aux_free: bias step per update.")
     # --- vision ---
