@@ -1,0 +1,243 @@
+"""Byte-level BPE tokenizer with Llama 4's special tokens and chat template, saved in the HF layout.
+
+    from herd.data.tokenizer import train_tokenizer, save_tokenizer, load_tokenizer, encode_chat
+    tok = train_tokenizer(texts, cfg.tokenizer)          # tokenizers.Tokenizer, special tokens at ids 0..12
+    save_tokenizer(tok, out_dir, cfg.tokenizer)          # tokenizer.json + tokenizer_config.json + special_tokens_map.json
+    transformers.AutoTokenizer.from_pretrained(out_dir)  # loads it (and vLLM does); apply_chat_template renders it
+
+Special tokens come first in the vocabulary with the fixed ids of docs/architecture.md, so model configs can
+hard-code bos 0, eos [1, 4, 5], pad 12 and image_token_index 9 whatever the vocabulary size. Digits are split
+one per token (as Llama's pre-tokenizer splits numbers) so arithmetic stays learnable with a tiny vocabulary.
+`transformers` is not needed here: the HF files are written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from herd.data.config import TokenizerConfig
+
+SPECIAL_TOKENS: list[str] = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|header_start|>",
+    "<|header_end|>",
+    "<|eom|>",
+    "<|eot|>",
+    "<|image_start|>",
+    "<|image_end|>",
+    "<|image|>",
+    "<|patch|>",
+    "<|tile_x_separator|>",
+    "<|tile_y_separator|>",
+    "<|finetune_right_pad|>",
+]
+TOKEN_ID = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+BOS_ID = TOKEN_ID["<|begin_of_text|>"]
+EOS_ID = TOKEN_ID["<|end_of_text|>"]
+EOT_ID = TOKEN_ID["<|eot|>"]
+PAD_ID = TOKEN_ID["<|finetune_right_pad|>"]
+IMAGE_ID = TOKEN_ID["<|image|>"]
+PATCH_ID = TOKEN_ID["<|patch|>"]
+IMAGE_START_ID = TOKEN_ID["<|image_start|>"]
+IMAGE_END_ID = TOKEN_ID["<|image_end|>"]
+IMAGE_PLACEHOLDER = "<|image|>"
+
+# Llama 4's chat template, reduced to what herd produces: string or [{type: text|image}] contents, an optional
+# generation prompt. `encode_chat` below renders exactly the same text; a test holds the two together.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|header_start|>' + message['role'] + '<|header_end|>\\n\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<|image|>' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|header_start|>assistant<|header_end|>\\n\\n' }}{%- endif %}"
+)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory or chat sample herd cannot use."""
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Any:
+    """Train a byte-level BPE on `texts` (capped at cfg.max_train_chars) with SPECIAL_TOKENS at ids 0..12."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    # Like Llama's tokenizer: plain encode() prepends <|begin_of_text|>; chat rendering adds it itself.
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", BOS_ID)],
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def capped() -> Iterable[str]:
+        budget = cfg.max_train_chars
+        for text in texts:
+            if budget <= 0:
+                return
+            yield text[:budget]
+            budget -= len(text)
+
+    tok.train_from_iterator(capped(), trainer=trainer)
+    got = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
+    if got != list(range(len(SPECIAL_TOKENS))):
+        raise AssertionError(f"special tokens landed at ids {got}, expected 0..{len(SPECIAL_TOKENS) - 1}")
+    return tok
+
+
+def save_tokenizer(tok: Any, out_dir: str | Path, cfg: TokenizerConfig) -> Path:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (the HF layout) to out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    special = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot|>",
+        "pad_token": "<|finetune_right_pad|>",
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "model_max_length": cfg.model_max_length,
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "chat_template": CHAT_TEMPLATE,
+        "added_tokens_decoder": {
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for i, t in enumerate(SPECIAL_TOKENS)
+        },
+        "extra_special_tokens": [],
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return out
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load tokenizer.json from a tokenizer directory (or the file itself) as a `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.exists():
+        raise TokenizerError(
+            f"no tokenizer.json at {path!s}: pass the output directory of the tokenizer step"
+        )
+    tok = Tokenizer.from_file(str(file))
+    if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+        raise TokenizerError(f"{file} does not put herd's special tokens at ids 0..12; retrain it with herd")
+    return tok
+
+
+def image_token_block(tokens_per_tile: int) -> str:
+    """The text one single-tile image expands to: `<|image_start|><|image|><|patch|>*n<|image_end|>`."""
+    return "<|image_start|><|image|>" + "<|patch|>" * tokens_per_tile + "<|image_end|>"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for item in content:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "image":
+                parts.append(IMAGE_PLACEHOLDER)
+            elif kind == "text":
+                parts.append(str(item.get("text", "")))
+            else:
+                raise TokenizerError(
+                    f"chat content item {item!r} is neither {{type: text}} nor {{type: image}}"
+                )
+        return "".join(parts)
+    raise TokenizerError(f"chat content must be a string or a list of items, got {type(content).__name__}")
+
+
+def chat_segments(
+    messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False
+) -> list[tuple[str, bool]]:
+    """Split the rendered chat template into (text, trains) pieces; only assistant turns train."""
+    if not messages:
+        raise TokenizerError("a chat sample needs at least one message")
+    segs: list[tuple[str, bool]] = [("<|begin_of_text|>", False)]
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise TokenizerError(f"chat message {m!r} needs 'role' and 'content'")
+        trains = m["role"] == "assistant"
+        segs.append((f"<|header_start|>{m['role']}<|header_end|>\n\n", False))
+        segs.append((_content_text(m["content"]), trains))
+        segs.append(("<|eot|>", trains))
+    if add_generation_prompt:
+        segs.append(("<|header_start|>assistant<|header_end|>\n\n", False))
+    return segs
+
+
+def render_chat(messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    """The chat template's text for `messages` (same string as transformers' apply_chat_template)."""
+    return "".join(text for text, _ in chat_segments(messages, add_generation_prompt))
+
+
+def encode_chat_batch(
+    tok: Any, conversations: Sequence[Sequence[dict[str, Any]]], tokens_per_tile: int = 0
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids and a loss mask (1 on assistant tokens and their <|eot|>) for each conversation.
+
+    `<|image|>` placeholders expand to the image block for `tokens_per_tile` patch tokens (one tile per image);
+    the image block never trains. All pieces go through one batched encode call.
+    """
+    block = image_token_block(tokens_per_tile) if tokens_per_tile else IMAGE_PLACEHOLDER
+    pieces: list[str] = []
+    flags: list[bool] = []
+    bounds: list[int] = []
+    for conv in conversations:
+        for text, trains in chat_segments(conv):
+            for i, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+                if i:
+                    pieces.append(block)
+                    flags.append(False)
+                if part:
+                    pieces.append(part)
+                    flags.append(trains)
+        bounds.append(len(pieces))
+    encoded = tok.encode_batch(pieces, add_special_tokens=False)
+    out: list[tuple[list[int], list[int]]] = []
+    start = 0
+    for end in bounds:
+        ids: list[int] = []
+        mask: list[int] = []
+        for enc, trains in zip(encoded[start:end], flags[start:end], strict=True):
+            ids.extend(enc.ids)
+            mask.extend([int(trains)] * len(enc.ids))
+        out.append((ids, mask))
+        start = end
+    return out
