@@ -6,6 +6,8 @@
 """
 
 from herd.model.config import ModelConfig, RopeParameters
+from herd.model.decoder import Llama4, Llama4Output
+from herd.model.moe import RouterStats
 from herd.model.vision_config import VisionConfig
 
-__all__ = ["ModelConfig", "RopeParameters", "VisionConfig"]
+__all__ = ["Llama4", "Llama4Output", "ModelConfig", "RopeParameters", "RouterStats", "VisionConfig"]
