@@ -44,14 +44,18 @@ class SourceConfig(_Section):
         description="Mixing weight: how many times each cleaned document of this source enters the pretraining "
         "text on average (2.0 doubles it, 0.5 keeps a seeded half).",
     )
-    text_field: str = Field("text", min_length=1, description="Field holding the document text (jsonl/parquet).")
+    text_field: str = Field(
+        "text", min_length=1, description="Field holding the document text (jsonl/parquet)."
+    )
     messages_field: str = Field(
         "messages",
         min_length=1,
         description="Field holding a chat conversation as a list of {role, content} (jsonl/parquet); "
         "rows with it become SFT samples.",
     )
-    name: str | None = Field(None, description="Short name used in lineage and reject reports (default: derived).")
+    name: str | None = Field(
+        None, description="Short name used in lineage and reject reports (default: derived)."
+    )
 
     @field_validator("uri")
     @classmethod
@@ -91,7 +95,9 @@ class SyntheticConfig(_Section):
     """Sizes of the built-in synthetic corpus. Everything is generated from `seed`, deterministically."""
 
     seed: int = Field(0, description="Seed of the generated world, problems, needles and images.")
-    n_entities: int = Field(240, ge=4, le=1_000_000, description="People in the knowledge world (each has 5 facts).")
+    n_entities: int = Field(
+        240, ge=4, le=1_000_000, description="People in the knowledge world (each has 5 facts)."
+    )
     paraphrases: int = Field(4, ge=1, le=16, description="Pretraining documents stating each entity's facts.")
     heldout_entity_fraction: float = Field(
         0.25,
@@ -99,17 +105,33 @@ class SyntheticConfig(_Section):
         lt=1,
         description="Entities whose closed-book questions are only in the held-out eval set (never in SFT chats).",
     )
-    n_arithmetic_train: int = Field(4000, ge=0, description="Worked arithmetic word problems in the training text.")
+    n_arithmetic_train: int = Field(
+        4000, ge=0, description="Worked arithmetic word problems in the training text."
+    )
     n_arithmetic_eval: int = Field(200, ge=1, description="Held-out arithmetic problems for evaluation.")
-    n_rl_prompts: int = Field(400, ge=1, description="Held-out arithmetic prompts with verifiable answers for RL.")
-    n_needle_docs: int = Field(120, ge=0, description="Long filler documents with a key -> value needle (training).")
-    n_needle_eval: int = Field(40, ge=1, description="Held-out needle-in-a-haystack documents with a question.")
+    n_rl_prompts: int = Field(
+        400, ge=1, description="Held-out arithmetic prompts with verifiable answers for RL."
+    )
+    n_needle_docs: int = Field(
+        120, ge=0, description="Long filler documents with a key -> value needle (training)."
+    )
+    n_needle_eval: int = Field(
+        40, ge=1, description="Held-out needle-in-a-haystack documents with a question."
+    )
     needle_doc_words: int = Field(300, ge=20, le=200_000, description="Words of filler per needle document.")
-    n_filler_docs: int = Field(1500, ge=0, description="Plain generated prose documents for general language.")
-    n_chat: int = Field(1500, ge=0, description="SFT conversations (knowledge questions, arithmetic, small talk).")
+    n_filler_docs: int = Field(
+        1500, ge=0, description="Plain generated prose documents for general language."
+    )
+    n_chat: int = Field(
+        1500, ge=0, description="SFT conversations (knowledge questions, arithmetic, small talk)."
+    )
     n_preferences: int = Field(400, ge=0, description="DPO preference pairs (correct answer chosen).")
-    n_images: int = Field(600, ge=0, le=1797, description="Digit images (of sklearn's 1797) in the image set.")
-    image_eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of digit images held out for eval.")
+    n_images: int = Field(
+        600, ge=0, le=1797, description="Digit images (of sklearn's 1797) in the image set."
+    )
+    image_eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of digit images held out for eval."
+    )
 
 
 class CleaningConfig(_Section):
@@ -118,7 +140,9 @@ class CleaningConfig(_Section):
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = Field(
         "NFKC", description="Unicode normalization form applied before everything else."
     )
-    min_chars: int = Field(16, ge=1, description="Documents shorter than this (after normalization) are rejected.")
+    min_chars: int = Field(
+        16, ge=1, description="Documents shorter than this (after normalization) are rejected."
+    )
     max_chars: int = Field(
         200_000, ge=100, description="Documents longer than this are rejected as absurd (e.g. a 5 MB line)."
     )
@@ -134,14 +158,21 @@ class CleaningConfig(_Section):
         0.5, ge=0, le=1, description="Maximum share of duplicated lines inside one document (quality filter)."
     )
     min_words: int = Field(3, ge=0, description="Minimum number of whitespace-separated words.")
-    exact_dedupe: bool = Field(True, description="Drop documents whose normalized text hash was already seen.")
+    exact_dedupe: bool = Field(
+        True, description="Drop documents whose normalized text hash was already seen."
+    )
     near_dedupe: bool = Field(True, description="Drop near-duplicates found with MinHash LSH.")
     near_dup_threshold: float = Field(
-        0.8, gt=0, le=1, description="Estimated Jaccard similarity of word shingles above which a doc is a near dup."
+        0.8,
+        gt=0,
+        le=1,
+        description="Estimated Jaccard similarity of word shingles above which a doc is a near dup.",
     )
     shingle_words: int = Field(5, ge=1, le=32, description="Words per shingle for MinHash.")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations.")
-    bands: int = Field(16, ge=1, description="LSH bands; must divide num_perm (rows per band = num_perm / bands).")
+    bands: int = Field(
+        16, ge=1, description="LSH bands; must divide num_perm (rows per band = num_perm / bands)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CleaningConfig:
@@ -151,31 +182,42 @@ class CleaningConfig(_Section):
                 "(rows per band = num_perm / bands)"
             )
         if self.min_chars >= self.max_chars:
-            raise ValueError(f"cleaning.min_chars={self.min_chars} must be < cleaning.max_chars={self.max_chars}")
+            raise ValueError(
+                f"cleaning.min_chars={self.min_chars} must be < cleaning.max_chars={self.max_chars}"
+            )
         return self
 
 
 class TokenizerConfig(_Section):
     """Byte-level BPE trained on the cleaned corpus; special tokens first with fixed ids."""
 
-    vocab_size: int = Field(4096, ge=512, le=1_048_576, description="Vocabulary size, special tokens included.")
+    vocab_size: int = Field(
+        4096, ge=512, le=1_048_576, description="Vocabulary size, special tokens included."
+    )
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
     max_train_chars: int = Field(
         50_000_000, ge=10_000, description="Cap on characters of cleaned text used to train the tokenizer."
     )
-    model_max_length: int = Field(8192, ge=16, description="model_max_length written to tokenizer_config.json.")
+    model_max_length: int = Field(
+        8192, ge=16, description="model_max_length written to tokenizer_config.json."
+    )
 
 
 class PackingConfig(_Section):
     """Fixed-length packing: rows of seq_len + 1 tokens; image tiles sized for the vision encoder."""
 
-    seq_len: int = Field(256, ge=8, le=1_048_576, description="Tokens per training sequence (rows hold seq_len+1).")
+    seq_len: int = Field(
+        256, ge=8, le=1_048_576, description="Tokens per training sequence (rows hold seq_len+1)."
+    )
     tile_size: int = Field(32, ge=8, le=1024, description="Image tile side in pixels (vision image_size).")
     patch_size: int = Field(8, ge=1, le=64, description="Vision patch side in pixels (vision patch_size).")
     rows_per_shard: int = Field(2048, ge=1, description="Packed rows per parquet shard.")
     batch_docs: int = Field(1024, ge=1, description="Documents per Ray Data batch in tokenize-and-pack.")
     val_fraction: float = Field(
-        0.02, ge=0, lt=0.5, description="Share of pretraining documents packed into a separate validation set."
+        0.02,
+        ge=0,
+        lt=0.5,
+        description="Share of pretraining documents packed into a separate validation set.",
     )
     seed: int = Field(0, description="Seed of the train/validation split and mixing.")
 
@@ -229,7 +271,9 @@ class DataConfig(_Section):
         names = [s.display_name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"data.sources has duplicate source names {dupes}; set a distinct `name` on each")
+            raise ValueError(
+                f"data.sources has duplicate source names {dupes}; set a distinct `name` on each"
+            )
         return self
 
     @property
