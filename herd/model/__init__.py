@@ -7,7 +7,8 @@
 
 from herd.model.config import ModelConfig, RopeParameters
 from herd.model.decoder import Llama4, Llama4Output
+from herd.model.hf import CheckpointError, load_hf, save_hf
 from herd.model.moe import RouterStats
 from herd.model.vision_config import VisionConfig
 
-__all__ = ["Llama4", "Llama4Output", "ModelConfig", "RopeParameters", "RouterStats", "VisionConfig"]
+__all__ = ["CheckpointError", "Llama4", "Llama4Output", "ModelConfig", "RopeParameters", "RouterStats", "VisionConfig", "load_hf", "save_hf"]

@@ -86,10 +86,10 @@ class Llama4(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         if cfg.vision is not None:
-            from herd.model.vision import Llama4MultiModalProjector, Llama4VisionModel
+            from herd.model.vision import MultiModalProjector, VisionModel
 
-            self.vision_model = Llama4VisionModel(cfg.vision)
-            self.multi_modal_projector = Llama4MultiModalProjector(cfg.vision, cfg.hidden_size)
+            self.vision_model = VisionModel(cfg.vision)
+            self.multi_modal_projector = MultiModalProjector(cfg.vision, cfg.hidden_size)
         # fp32 RoPE frequencies; recomputed after dtype casts (model.to(bf16) would round them, reference §7)
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg), persistent=False)
         self.init_weights()
@@ -101,8 +101,8 @@ class Llama4(nn.Module):
         ``herd.model.metap`` rescales per layer on top of this."""
         std = self.config.initializer_range if std is None else std
         for name, p in self.named_parameters():
-            if name.startswith(("vision_model.", "multi_modal_projector.")):
-                continue  # the vision tower initialises itself
+            if name.startswith("vision_model."):
+                continue  # the vision tower initialises itself (VisionModel.reset_parameters)
             if p.dim() == 1:
                 p.fill_(1.0)
             else:
@@ -129,15 +129,10 @@ class Llama4(nn.Module):
             return x
         if self.config.vision is None:
             raise ValueError("pixel_values given to a text-only model: set ModelConfig.vision to add a vision tower")
-        feats = self.multi_modal_projector(self.vision_model(pixel_values.to(x.dtype)))
-        feats = feats.reshape(-1, x.shape[-1])
-        slots = input_ids == self.config.image_token_index
-        n_slots = int(slots.sum())
-        if n_slots != feats.shape[0]:
-            raise ValueError(f"{n_slots} <|patch|> tokens (id {self.config.image_token_index}) in input_ids but "
-                             f"the images give {feats.shape[0]} features: each tile needs "
-                             f"{self.config.vision.tokens_per_tile} <|patch|> tokens")
-        return x.masked_scatter(slots[..., None], feats.to(x.dtype))
+        from herd.model.vision import merge_image_features
+
+        feats = self.multi_modal_projector(self.vision_model(pixel_values))
+        return merge_image_features(x, input_ids, feats, self.config.image_token_index)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv: KVStore | None = None,
