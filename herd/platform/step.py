@@ -1,0 +1,223 @@
+"""The authoring API of flows: ``Step``, ``Resources`` and the ``StepContext`` a step function receives.
+
+Import these from ``herd.platform.runner`` (which re-exports them). A flow module is a builder that takes the
+Recipe and returns its steps, handing each step only its own config section::
+
+    from herd.platform.runner import Resources, Step, StepContext
+
+    def tokenize(ctx: StepContext) -> None:
+        cfg = ctx.config                                   # the section given below (a pydantic model)
+        raw = ctx.inputs["corpus"].local_path()            # an upstream artifact as a local directory
+        out = ctx.output_dir("shards", format="parquet")   # staged locally, committed by the runner
+        ...                                                # write files into out
+        ctx.log_metrics({"tokens": n}, step=0)             # reaches MLflow through the driver
+
+    def build(recipe) -> list[Step]:
+        return [Step("data.tokenize", tokenize, config=recipe.data.tokenizer, config_path="data.tokenizer",
+                     inputs={"corpus": "data.clean.corpus"}, outputs={"shards": "dataset"},
+                     resources=Resources(cpus=1), code=["herd.data.tokenizer"])]
+
+See docs/architecture.md "How to write a flow".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from herd.platform.errors import FlowError
+from herd.platform.store import Artifact, ArtifactStore
+
+OUTPUT_KINDS = ("dataset", "model", "tokenizer", "checkpoint", "report", "image", "file")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a step reserves on the Ray cluster. ``memory_gb`` is a scheduling hint, not a limit."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float | None = None
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 1024**3)
+        return opts
+
+
+@dataclass
+class Step:
+    """One node of the pipeline DAG.
+
+    name        ``flow.step``, globally unique (``data.tokenize``).
+    fn          ``fn(ctx: StepContext) -> None``; a module-level function (it is pickled into a Ray task).
+    config      its config section (a pydantic model), or a mapping ``{recipe path: section}`` when a step
+                needs several (``{"pretrain": recipe.pretrain, "models.teacher": recipe.models["teacher"]}``).
+    config_path recipe path of ``config`` when it is a single model (``"data.tokenizer"``); used by ``herd plan``.
+    inputs      local name -> ``"<step name>.<output>"`` of an upstream step.
+    outputs     output name -> kind (dataset | model | tokenizer | checkpoint | report | image | file). Models
+                become MLflow LoggedModels; the rest are recorded as MLflow dataset inputs of their consumers.
+    resources   CPUs / GPUs / memory of the Ray task.
+    in_driver   run in the driver process instead of a Ray task: for steps that hand off to Ray Train or Ray
+                Serve (a task holding a CPU would starve a 2-worker Ray Train job on 2 CPUs).
+    code        library modules whose source is part of the cache key (the step function's own source always is).
+    """
+
+    name: str
+    fn: Callable[[StepContext], Any]
+    config: BaseModel | Mapping[str, Any] | None = None
+    config_path: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    in_driver: bool = False
+    code: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        flow, dot, local = self.name.partition(".")
+        if not dot or not flow or not local or "." in local:
+            raise FlowError(f"step name {self.name!r} must be '<flow>.<step>' (e.g. 'data.tokenize')")
+        for local_name, ref in self.inputs.items():
+            up, dot, out = ref.rpartition(".")
+            if not dot or "." not in up:
+                raise FlowError(f"step {self.name}: input {local_name}={ref!r} must be '<flow>.<step>.<output>'")
+        for out, kind in self.outputs.items():
+            if kind not in OUTPUT_KINDS:
+                raise FlowError(f"step {self.name}: output {out!r} has kind {kind!r}; use one of "
+                                f"{', '.join(OUTPUT_KINDS)}")
+        if not callable(self.fn):
+            raise FlowError(f"step {self.name}: fn must be a function taking the StepContext")
+
+    @property
+    def flow(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def upstream(self) -> set[str]:
+        return {ref.rsplit(".", 1)[0] for ref in self.inputs.values()}
+
+    def config_json(self) -> dict[str, Any]:
+        """The resolved config as JSON-able data, keyed by recipe path (what the cache key and plan see)."""
+        if self.config is None:
+            return {}
+        if isinstance(self.config, BaseModel):
+            return {self.config_path or "config": self.config.model_dump(mode="json")}
+        return {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in self.config.items()}
+
+
+class MetricLogger:
+    """Picklable handle that sends metrics/params/tags to the driver (which alone writes to MLflow).
+
+    Pass ``ctx.metric_logger()`` into Ray Train's ``train_loop_config`` to log from rank 0 of a trainer.
+    """
+
+    def __init__(self, queue: Any, run_id: str):
+        self._queue = queue  # a ray.util.queue.Queue, or a local queue.Queue for in-driver use
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        self._queue.put(("metrics", self.run_id, clean, step, time.time()))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._queue.put(("params", self.run_id, {k: str(v) for k, v in params.items()}, None, time.time()))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._queue.put(("tags", self.run_id, {k: str(v) for k, v in tags.items()}, None, time.time()))
+
+
+class StepContext:
+    """Everything a running step may use. Built by the runner; one per step execution."""
+
+    def __init__(self, *, step: Step, store: ArtifactStore, inputs: dict[str, Artifact], run_id: str,
+                 flow_run_id: str, cache_key: str, logger: MetricLogger, tracking_uri: str, home: Path,
+                 sources: list[dict[str, str]] | None = None):
+        self.step = step
+        self.name = step.name
+        self.config = step.config
+        self.store = store
+        self.inputs = inputs
+        self.run_id = run_id  # the step's MLflow (nested) run
+        self.flow_run_id = flow_run_id
+        self.cache_key = cache_key
+        self.tracking_uri = tracking_uri
+        self.home = home
+        self._logger = logger
+        self._staging = Path(tempfile.mkdtemp(prefix=f"herd-{step.name}-"))
+        self._outputs: dict[str, tuple[Path, str, dict[str, Any]]] = {}
+        self.sources: list[dict[str, str]] = sources if sources is not None else []
+
+    # ---------------------------------------------------------------------------------------- outputs
+    def output_dir(self, name: str, format: str = "dir", **meta: Any) -> Path:
+        """A fresh local directory for declared output ``name``; committed (manifest last) after fn returns."""
+        if name not in self.step.outputs:
+            raise FlowError(f"step {self.name}: output {name!r} is not declared; declared: "
+                            f"{', '.join(self.step.outputs) or '(none)'}")
+        if name in self._outputs:
+            return self._outputs[name][0]
+        path = self._staging / name
+        path.mkdir(parents=True)
+        self._outputs[name] = (path, format, dict(meta))
+        return path
+
+    def staged_outputs(self) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+        return dict(self._outputs)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------- logging
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._logger.log_metrics(metrics, step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._logger.log_params(params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._logger.set_tags(tags)
+
+    def metric_logger(self) -> MetricLogger:
+        """A picklable logger for code running in other Ray workers (e.g. rank 0 of a Ray Train job)."""
+        return self._logger
+
+    def log_source(self, uri: str, digest: str, name: str | None = None) -> None:
+        """Record a raw external source (a file or prefix outside the store) this step read: the lineage root."""
+        self.sources.append({"uri": uri, "digest": digest, "name": name or uri.rstrip("/").rsplit("/", 1)[-1]})
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_dir(self) -> str:
+        """Store URI stable per (step, cache key): a restarted step finds what it saved here before."""
+        return self.store.uri(f"checkpoints/{self.name}/{self.cache_key[:16]}")
+
+    @property
+    def train_run_name(self) -> str:
+        """A Ray Train ``RunConfig(name=...)`` stable per (step, cache key): re-running resumes the same job."""
+        return f"{self.name.replace('.', '-')}-{self.cache_key[:12]}"
+
+    def ray_train_storage(self) -> tuple[str, Any]:
+        """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig`` inside the store.
+
+        Local stores give an absolute path and ``None``. Remote stores give a scheme-less path plus a pyarrow
+        filesystem built from the store's fsspec filesystem, so Ray Train needs no ``AWS_ENDPOINT_URL``
+        (pyarrow's ``from_uri`` would otherwise go to real AWS, see the S3 notes).
+        """
+        base = self.store.path(f"train/{self.name}")
+        if self.store.local:
+            os.makedirs(base, exist_ok=True)
+            return base, None
+        import pyarrow.fs as pafs
+
+        return base, pafs.PyFileSystem(pafs.FSSpecHandler(self.store.fs))
+
+
+__all__ = ["MetricLogger", "OUTPUT_KINDS", "Resources", "Step", "StepContext"]
