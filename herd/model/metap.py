@@ -288,3 +288,105 @@ def describe(
         std = "keep" if r.init_std is None else f"{r.init_std:.3g}"
         lines.append(f"| {r.name} | {r.role} | {std} | {r.lr_mult:.3g} | {r.wd_mult:.3g} | {r.eps_mult:.3g} |")
     return "\n".join(lines)
+
+
+# ---- coordinate check (Yang et al. 2022, §D.1): the empirical test that a parametrization transfers ------------
+def coord_check_config(width: int, *, head_dim: int = 16, layers: int = 2, vocab: int = 256) -> ModelConfig:
+    """A small Llama 4 whose widths all scale with `width` (heads grow, head_dim fixed, as μP prescribes)."""
+    heads = max(width // head_dim, 2)
+    return ModelConfig(
+        vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads // 2, head_dim=head_dim, intermediate_size=2 * width,
+        intermediate_size_mlp=4 * width, num_local_experts=4, interleave_moe_layer_step=2,
+        attention_chunk_size=None, router_balance="none", pad_token_id=None,
+    )
+
+
+def coord_check(
+    widths: list[int],
+    *,
+    use_metap: bool,
+    base_width: int | None = None,
+    steps: int = 4,
+    lr: float = 1e-2,
+    batch: int = 8,
+    seq_len: int = 32,
+    seeds: int = 1,
+    layers: int = 2,
+) -> dict[str, list[float]]:
+    """Train each width for `steps` AdamW steps on the same token batch and measure, per module output:
+
+    `<module>.act`   RMS of the output after training, and
+    `<module>.delta` RMS of (output after training - output at init): the size of the learned update.
+
+    Returns {series: [value per width]} averaged over seeds. With MetaP (base = the narrowest width) every series
+    is flat in width; with the standard parametrization (transformers' constant-std init, one global lr) the
+    updates grow with width (≈ linearly for the logits).
+    """
+    from herd.model.decoder import Llama4
+
+    base = coord_check_config(base_width or min(widths), layers=layers)
+    result: dict[str, list[float]] = {}
+    for width in widths:
+        sums: dict[str, float] = {}
+        for seed in range(seeds):
+            for name, value in _coord_run(Llama4, width, base, use_metap, steps, lr, batch, seq_len, seed,
+                                          layers).items():
+                sums[name] = sums.get(name, 0.0) + value / seeds
+        for name, value in sums.items():
+            result.setdefault(name, []).append(value)
+    return result
+
+
+def _coord_run(model_cls: type[nn.Module], width: int, base: ModelConfig, use_metap: bool, steps: int, lr: float,
+               batch: int, seq_len: int, seed: int, layers: int) -> dict[str, float]:
+    cfg = coord_check_config(width, layers=layers)
+    torch.manual_seed(seed)
+    model = model_cls(cfg)
+    if use_metap:
+        init_weights(model, base=base)
+        opt = torch.optim.AdamW(param_groups(model, base=base, lr=lr, weight_decay=0.0, eps=1e-8))
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, eps=1e-8)
+    gen = torch.Generator().manual_seed(1234 + seed)  # the same data at every width
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=gen)
+
+    watched: dict[str, nn.Module] = {"embed": model.model.embed_tokens, "logits": model.lm_head}
+    for i, layer in enumerate(model.model.layers):
+        watched[f"layer{i}.attn"] = layer.self_attn
+        watched[f"layer{i}.ffn"] = layer.feed_forward
+        watched[f"layer{i}.out"] = layer
+    acts: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
+            acts[name] = (out[0] if isinstance(out, tuple) else out).detach().float()
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in watched.items()]
+    with torch.no_grad():
+        model(ids[:, :-1])
+    init = dict(acts)
+    for _ in range(steps):
+        out = model(ids[:, :-1])
+        loss = nn.functional.cross_entropy(out.logits.flatten(0, 1), ids[:, 1:].flatten()) + out.aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        model(ids[:, :-1])
+    for h in handles:
+        h.remove()
+    stats: dict[str, float] = {}
+    for name in watched:
+        stats[f"{name}.act"] = acts[name].pow(2).mean().sqrt().item()
+        stats[f"{name}.delta"] = (acts[name] - init[name]).pow(2).mean().sqrt().item()
+    return stats
+
+
+def width_slope(widths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(width): 0 is flat, 1 grows linearly with width."""
+    xs = [math.log(w) for w in widths]
+    ys = [math.log(max(v, 1e-30)) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
