@@ -136,9 +136,10 @@ class Llama4(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv: KVStore | None = None,
-                inputs_embeds: torch.Tensor | None = None, last_only: bool = False) -> Llama4Output:
+                inputs_embeds: torch.Tensor | None = None, logits_at: torch.Tensor | None = None) -> Llama4Output:
         """``input_ids`` (B, S). ``positions`` (B, S) defaults to 0..S-1 (a KV cache passes its own).
-        ``last_only`` computes logits for the final position only (generation)."""
+        ``logits_at`` (B,) computes logits (B, 1, V) at one position per row only (generation: the last real
+        token of each right-padded prompt), skipping the vocabulary matmul everywhere else."""
         x = self.embed(input_ids, pixel_values) if inputs_embeds is None else inputs_embeds
         B, S = x.shape[:2]
         if positions is None:
@@ -151,8 +152,8 @@ class Llama4(nn.Module):
             if layer_stats is not None:
                 aux = aux + layer_aux
                 stats.append(layer_stats)
-        if last_only:
-            x = x[:, -1:]
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at][:, None]
         logits = self.lm_head(self.model.norm(x))
         return Llama4Output(logits, aux, stats)
 
