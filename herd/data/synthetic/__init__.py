@@ -75,7 +75,10 @@ def build_synthetic(cfg: SyntheticConfig) -> SyntheticCorpus:
     train_problems = problems[cfg.n_arithmetic_eval + cfg.n_rl_prompts :]
     out.tasks["arithmetic_eval"] = [{"question": p.question, "answer": str(p.answer)} for p in ev]
     out.tasks["rl_prompts"] = [{"prompt": p.question, "answer": str(p.answer)} for p in rl]
-    out.documents += [{"text": arithmetic.worked_example(p), "family": "arithmetic"} for p in train_problems]
+    # Worksheets of several problems: single short templated problems would be near-duplicates of each other.
+    for i in range(0, len(train_problems), 4):
+        sheet = "\n\n".join(arithmetic.worked_example(p) for p in train_problems[i : i + 4])
+        out.documents.append({"text": f"Practice problems.\n\n{sheet}", "family": "arithmetic"})
 
     # needles: distinct keys, held-out ones at evenly spread depths.
     keys = needles.make_keys(cfg.n_needle_docs + cfg.n_needle_eval, rng_n)

@@ -51,8 +51,12 @@ def make_chats(
     people: list[knowledge.Person], problems: list[Problem], n: int, rng: np.random.Generator
 ) -> list[dict[str, object]]:
     """`n` SFT conversations of one or two turns over the training people and problems."""
-    chats = []
-    for _ in range(n):
+    chats: list[dict[str, object]] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(chats) < n and tries < 20 * n:
+        # Distinct conversations only: repeats would be dropped by exact dedupe anyway.
+        tries += 1
         turns = []
         for _ in range(1 + int(rng.random() < 0.3)):
             r = rng.random()
@@ -60,11 +64,15 @@ def make_chats(
                 person = people[int(rng.integers(len(people)))]
                 attr = knowledge.ATTRIBUTES[int(rng.integers(len(knowledge.ATTRIBUTES)))]
                 turns.append(knowledge_turn(person, attr))
-            elif r < 0.9 and problems:
+            elif r < 0.95 and problems:
                 turns.append(arithmetic_turn(problems[int(rng.integers(len(problems)))]))
             else:
                 turns.append(SMALL_TALK[int(rng.integers(len(SMALL_TALK)))])
-        chats.append({"messages": conversation(turns, rng)})
+        msgs = conversation(turns, rng)
+        key = repr(msgs)
+        if key not in seen:
+            seen.add(key)
+            chats.append({"messages": msgs})
     return chats
 
 
