@@ -68,7 +68,6 @@ class _TrainBase(_Section):
                             "batch is micro_batch_size * grad_accum * num_workers sequences.")
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: autocast matmuls to bf16 (fast on "
                                                "AMX CPUs and GPUs), fp32 master weights; fp32: no autocast.")
-    aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the model's MoE load-balancing aux loss.")
     seed: int = Field(0, description="Seeds init, data order and every RNG: equal seeds give equal weights.")
     log_every: int = Field(10, ge=1, description="Report metrics (loss, lr, grad norm, tokens/s, MFU, expert "
                            "load) every N steps; Ray Train V2 throttles reports, so not every step.")

@@ -74,6 +74,7 @@ class Trainer:
         self.rank, self.world = parallel.rank(), parallel.world_size()
         self._it: Iterator[dict[str, torch.Tensor]] | None = None
         self._peak: float | None = None
+        self._bias_layers: list[nn.Module] | None = None
 
     # ---- state -------------------------------------------------------------------------------------------
     def write_checkpoint(self, directory: Path) -> None:
@@ -131,27 +132,20 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
-        self._update_router_bias(stats_list)
+        self._update_router_bias()
         self.step += 1
         self.tokens += n_tok * self.world
         return {"metrics": sums, "router_stats": stats_list, "tokens": n_tok}
 
-    def _update_router_bias(self, stats_list: list[Any]) -> None:
-        """Aux-loss-free balancing (DeepSeek-V3): nudge each expert's routing bias toward equal load. The
-        loads are summed over ranks first, so every replica applies the same update and stays identical."""
-        update = getattr(self.raw_model, "update_router_bias", None)
-        if update is None or not stats_list or stats_list[0] is None:
-            return
-        from herd.train.metrics import _get, router_layers
-
-        totals: dict[str, torch.Tensor] = {}
-        for stats in stats_list:
-            for name, s in router_layers(stats):
-                c = _get(s, "tokens_per_expert").detach().float()
-                totals[name] = totals[name] + c if name in totals else c.clone()
-        for t in totals.values():
-            parallel.all_reduce_sum_(t)
-        update(totals)
+    def _update_router_bias(self) -> None:
+        """Aux-loss-free balancing (DeepSeek-V3): after each optimizer step every MoE layer nudges its routing
+        bias toward equal load; the layers sum their loads over ranks first, so replicas stay identical."""
+        if self._bias_layers is None:  # the innermost modules that have it (a model-level one would repeat)
+            having = [m for m in self.raw_model.modules() if hasattr(m, "update_router_bias")]
+            self._bias_layers = [m for m in having
+                                 if not any(c is not m and hasattr(c, "update_router_bias") for c in m.modules())]
+        for m in self._bias_layers:
+            m.update_router_bias()
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

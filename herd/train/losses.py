@@ -75,15 +75,18 @@ def _forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class CrossEntropyObjective:
-    """Next-token prediction on hard labels (pretraining), plus the MoE load-balancing aux loss."""
+    """Next-token prediction on hard labels (pretraining), plus the MoE load-balancing aux loss.
 
-    def __init__(self, aux_loss_coef: float = 0.0) -> None:
-        self.aux_loss_coef = aux_loss_coef
+    The model's aux_loss already carries its config's router_aux_loss_coef (0 unless router_balance is
+    "aux_loss"), so `aux_weight` stays 1 unless an objective wants to rescale it."""
+
+    def __init__(self, aux_weight: float = 1.0) -> None:
+        self.aux_weight = aux_weight
 
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         logits, aux, stats = _forward(model, batch.x)
         ce = masked_ce(logits, batch.y, batch.mask)
-        loss = ce + self.aux_loss_coef * aux
+        loss = ce + self.aux_weight * aux
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "ce": float(ce.detach()),
                                       "aux_loss": float(aux.detach())}, stats)
 
@@ -162,11 +165,11 @@ class CodistillObjective:
     """Student vs a frozen teacher computed on the fly: alpha*T^2*KL(teacher_T||student_T) + (1-alpha)*CE."""
 
     def __init__(self, teacher: nn.Module, temperature: float, alpha: AlphaConfig,
-                 aux_loss_coef: float = 0.0) -> None:
+                 aux_weight: float = 1.0) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.alpha = AlphaController(alpha)
-        self.aux_loss_coef = aux_loss_coef
+        self.aux_weight = aux_weight
 
     def __call__(self, model: nn.Module, batch: Batch) -> ObjectiveOutput:
         T = self.temperature
@@ -176,7 +179,7 @@ class CodistillObjective:
         n = batch.mask.sum().clamp_min(1.0)
         ce = (ce_tok * batch.mask).sum() / n
         if self.alpha.cfg.rule == "hard":  # the baseline pays no teacher forward
-            loss = ce + self.aux_loss_coef * aux
+            loss = ce + self.aux_weight * aux
             return ObjectiveOutput(loss, {"loss": float(loss.detach()), "ce": float(ce.detach()),
                                           "aux_loss": float(aux.detach()), "alpha": 0.0}, stats)
         with torch.no_grad():
@@ -191,7 +194,7 @@ class CodistillObjective:
         kl_tok = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # KL(teacher_T || student_T) per token
         per_tok = alpha_tok * (T * T) * kl_tok + (1.0 - alpha_tok) * ce_tok
         distill = (per_tok * batch.mask).sum() / n
-        loss = distill + self.aux_loss_coef * aux
+        loss = distill + self.aux_weight * aux
         kl = (kl_tok.detach() * batch.mask).sum() / n
         mean_alpha = (alpha_tok * batch.mask).sum() / n
         self.alpha.update(float(ce.detach()), float(t_ce))

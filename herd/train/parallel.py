@@ -40,7 +40,10 @@ def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # broadcast_buffers=False: replicas' buffers stay equal by construction (the aux-free router bias is
+        # updated from loads summed over ranks), and a per-forward broadcast would overwrite each rank's own
+        # load counters between accumulation micro-batches.
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     if strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
