@@ -141,6 +141,10 @@ def save_hf(model: Llama4, out_dir: str | Path, tokenizer: Any = None, *, dtype:
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
                  "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if cfg.vision is not None:  # multimodal: image processor + processor configs (a passed processor overrides)
+        from herd.model.vision import write_processor_configs
+
+        write_processor_configs(cfg.vision, out)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, out)
     return out

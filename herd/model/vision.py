@@ -24,6 +24,9 @@ otherwise cast HF's complex `freqs_ci` buffer to a real tensor and silently drop
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -269,3 +272,34 @@ def merge_image_features(
             "prompt with the Llama 4 processor layout for the same tiles"
         )
     return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
+
+
+def processor_configs(cfg: VisionConfig) -> dict[str, dict]:
+    """`preprocessor_config.json` and `processor_config.json` of a multimodal checkpoint (reference §4.4, §5.6).
+
+    transformers' `AutoProcessor` and vLLM build the Llama 4 image processor and processor from these: tiles of
+    `image_size` pixels, rescale 1/255 then normalise with mean = std = 0.5, up to 16 tiles plus a global tile,
+    and `(image_size/patch)^2 * ratio^2` `<|patch|>` tokens per tile. The type name is the legacy "Fast" one,
+    which both transformers 5.24 and the older 5.x that vLLM pins resolve.
+    """
+    size = {"height": cfg.image_size, "width": cfg.image_size}
+    preprocessor = {
+        "image_processor_type": "Llama4ImageProcessorFast", "processor_class": "Llama4Processor",
+        "do_convert_rgb": True, "do_resize": True, "size": size, "resample": 2,  # PIL bilinear
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "max_patches": 16, "resize_to_max_canvas": False,
+    }
+    processor = {
+        "processor_class": "Llama4Processor", "patch_size": cfg.patch_size,
+        "pixel_shuffle_ratio": cfg.pixel_shuffle_ratio, "fake_image_token": "<|image|>",
+        "image_token": "<|image|>", "start_of_image_token": "<|image_start|>", "end_of_image_token": "<|image_end|>",
+        "patch_token": "<|patch|>", "tile_x_separator_token": "<|tile_x_separator|>",
+        "tile_y_separator_token": "<|tile_y_separator|>",
+    }
+    return {"preprocessor_config.json": preprocessor, "processor_config.json": processor}
+
+
+def write_processor_configs(cfg: VisionConfig, out_dir: str | Path) -> None:
+    """Write `processor_configs(cfg)` into a checkpoint directory."""
+    for name, content in processor_configs(cfg).items():
+        (Path(out_dir) / name).write_text(json.dumps(content, indent=2) + "\n")
