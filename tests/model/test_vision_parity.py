@@ -126,3 +126,21 @@ def test_images_change_the_logits_only_from_the_first_patch_on(cfg: ModelConfig)
     # causal: nothing before the image sees it (not bit-equal: the MoE batches row 1 with a changed row 0)
     assert (a[1, :first] - b[1, :first]).abs().max() < 1e-5
     assert (a[1, first:] - b[1, first:]).abs().max() > 1e-3
+
+
+def test_multimodal_checkpoint_carries_processor_configs_transformers_reads(tmp_path: Path) -> None:
+    import inspect
+
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    cfg = ModelConfig(**CONFIGS["interleaved_top1"], vision=VISION)
+    save_hf(Llama4(cfg), tmp_path)
+    image, _ = ImageProcessingMixin.get_image_processor_dict(str(tmp_path))
+    assert image["image_processor_type"] == "Llama4ImageProcessorFast"
+    assert image["size"] == {"height": VISION.image_size, "width": VISION.image_size}
+    processor, _ = transformers.Llama4Processor.get_processor_dict(str(tmp_path))
+    accepted = set(inspect.signature(transformers.Llama4Processor.__init__).parameters)
+    assert set(processor) - {"processor_class"} <= accepted
+    # the processor's <|patch|> count per tile equals what the tower emits
+    per_tile = (VISION.image_size // processor["patch_size"]) ** 2 // round(1 / processor["pixel_shuffle_ratio"] ** 2)
+    assert per_tile == VISION.tokens_per_tile
