@@ -222,3 +222,20 @@ def _clean_record(
         if dup_of is not None:
             return Reject(rec.source, rec.origin, NEAR_DUP, f"near-duplicate of {dup_of}", text[:200])
     return Record(rec.source, rec.origin, text=text)
+
+
+IMAGE_SCHEMA = pa.schema([("messages", pa.string()), ("image", pa.list_(pa.uint8())), ("label", pa.int64())])
+
+
+def collect_images(jsonl_path: str | Path, out_dir: str | Path) -> int:
+    """Copy the synthetic digit chats (already clean by construction) to out_dir/images.parquet; return rows."""
+    rows: dict[str, list[Any]] = {"messages": [], "image": [], "label": []}
+    with Path(jsonl_path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows["messages"].append(json.dumps(r["messages"], ensure_ascii=False))
+                rows["image"].append(r["image"])
+                rows["label"].append(r["label"])
+    pq.write_table(pa.table(rows, schema=IMAGE_SCHEMA), str(Path(out_dir) / "images.parquet"))
+    return len(rows["label"])

@@ -33,7 +33,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-INDEX_FILE = "index.json"
+from herd.data.pack import INDEX_FILE
+
 _STATE_VERSION = 1
 
 

@@ -99,6 +99,11 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Any:
             budget -= len(text)
 
     tok.train_from_iterator(capped(), trainer=trainer)
+    # A small or repetitive corpus runs out of merges before vocab_size; fill up with reserved special tokens
+    # (as Llama's tokenizers do) so the vocabulary is exactly the size every model config declares.
+    missing = cfg.vocab_size - tok.get_vocab_size()
+    if missing > 0:
+        tok.add_special_tokens([f"<|reserved_special_token_{i}|>" for i in range(missing)])
     got = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if got != list(range(len(SPECIAL_TOKENS))):
         raise AssertionError(f"special tokens landed at ids {got}, expected 0..{len(SPECIAL_TOKENS) - 1}")

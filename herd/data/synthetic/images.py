@@ -2,7 +2,7 @@
 
 `digit_tile` turns an 8x8 image (values 0..16) into one (3, tile, tile) float32 tile normalized like Llama 4's
 image processor (rescale to [0, 1], then mean = std = 0.5, so pixels lie in [-1, 1]); bilinear upscaling as
-the processor does. The samples are chats: an image with a question or a caption request, and the answer.
+the processor does (numpy, so packing actors never import torch). The samples are chats: an image with a question or a caption request, and the answer.
 """
 
 from __future__ import annotations
@@ -25,16 +25,26 @@ def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.uint8), d.target.astype(np.int64)
 
 
-def digit_tile(pixels: np.ndarray | list[int], tile_size: int) -> np.ndarray:
-    """An 8x8 digit (0..16) as a normalized (3, tile_size, tile_size) float32 tile."""
-    import torch
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D bilinear resizing with half-pixel centers (align_corners=False)."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = x - lo
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    m[np.arange(n_out), lo] += 1 - w
+    m[np.arange(n_out), hi] += w
+    return m
 
-    img = torch.as_tensor(np.asarray(pixels, dtype=np.float32).reshape(1, 1, 8, 8)) / 16.0
-    up = torch.nn.functional.interpolate(
-        img, size=(tile_size, tile_size), mode="bilinear", align_corners=False
-    )
-    x = (up.clamp(0, 1) - 0.5) / 0.5
-    return x.expand(1, 3, tile_size, tile_size).reshape(3, tile_size, tile_size).numpy().astype(np.float32)
+
+def digit_tile(pixels: np.ndarray | list[int], tile_size: int) -> np.ndarray:
+    """An 8x8 digit (0..16) as a normalized (3, tile_size, tile_size) float32 tile (bilinear upscale)."""
+    img = np.asarray(pixels, dtype=np.float64).reshape(8, 8) / 16.0
+    r = _bilinear_matrix(8, tile_size)
+    up = np.clip(r @ img @ r.T, 0.0, 1.0)
+    x = ((up - 0.5) / 0.5).astype(np.float32)  # Llama 4 processor: rescale to [0, 1], mean = std = 0.5
+    return np.broadcast_to(x, (3, tile_size, tile_size)).copy()
 
 
 def image_sample(pixels: np.ndarray, label: int, rng: np.random.Generator) -> dict[str, object]:
