@@ -197,7 +197,10 @@ class StepContext:
     @property
     def checkpoint_dir(self) -> str:
         """Store URI stable per (step, cache key): a restarted step finds what it saved here before."""
-        return self.store.uri(f"checkpoints/{self.name}/{self.cache_key[:16]}")
+        key = f"checkpoints/{self.name}/{self.cache_key[:16]}"
+        if self.store.local:  # object stores have no directories; local ones need it to exist
+            os.makedirs(self.store.path(key), exist_ok=True)
+        return self.store.uri(key)
 
     @property
     def train_run_name(self) -> str:
