@@ -62,12 +62,14 @@ class WorkersConfig(_Section):
 
 
 class _TrainBase(_Section):
-    steps: int = Field(300, ge=1, description="Optimizer steps.")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per worker per forward/backward.")
+    steps: int = Field(200, ge=1, description="Optimizer steps.")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per worker per forward/backward.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step; the global "
                             "batch is micro_batch_size * grad_accum * num_workers sequences.")
-    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: autocast matmuls to bf16 (fast on "
-                                               "AMX CPUs and GPUs), fp32 master weights; fp32: no autocast.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: autocast matmuls to bf16 with fp32 master weights; fp32: no autocast; auto: "
+        "bf16 on GPUs and on CPUs with native bf16 matmuls (AMX / AVX512-BF16), else fp32 (emulated bf16 "
+        "matmuls measured 5x slower than fp32 on a CPU without them, docs/benchmarks.md).")
     seed: int = Field(0, description="Seeds init, data order and every RNG: equal seeds give equal weights.")
     log_every: int = Field(10, ge=1, description="Report metrics (loss, lr, grad norm, tokens/s, MFU, expert "
                            "load) every N steps; Ray Train V2 throttles reports, so not every step.")

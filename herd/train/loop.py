@@ -48,6 +48,23 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf: lower optim.lr, raise warmup, or keep optim.grad_clip > 0."""
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16 (Linux /proc/cpuinfo flags): without them CPU bf16 matmuls are emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where bf16 matmuls are fast (CUDA, AMX/AVX512-BF16 CPUs), else "fp32"."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -63,6 +80,7 @@ class Trainer:
                  strategy: str = "ddp") -> None:
         torch.manual_seed(cfg.seed)  # equal init on every rank (DDP also broadcasts rank 0's weights)
         self.cfg, self.device, self.config_hash = cfg, device, config_hash
+        self.precision = resolve_precision(cfg.precision, device)
         self.raw_model = model
         self.model = parallel.wrap(model, strategy, device)
         self.objective, self.data, self.eval_data = objective, data, eval_data
@@ -116,7 +134,7 @@ class Trainer:
             batch = _batch(self._next_rows(), self.device)
             n_tok += batch.x.numel()  # processed tokens (what MFU and tokens/s count)
             with parallel.no_sync(self.model, sync=micro == cfg.grad_accum - 1):
-                with _autocast(self.device, cfg.precision):
+                with _autocast(self.device, self.precision):
                     out = self.objective(self.model, batch)
                 (out.loss / cfg.grad_accum).backward()
             for k, v in out.metrics.items():
@@ -128,7 +146,8 @@ class Trainer:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         sums["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        sums["lr"] = self.opt.param_groups[0]["lr"]
+        g = self.opt.param_groups[0]  # MetaP groups carry multipliers: log the schedule's lr at the base width
+        sums["lr"] = cfg.optim.lr * g["lr"] / g["initial_lr"]
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
@@ -159,7 +178,7 @@ class Trainer:
             if i >= self.cfg.eval_batches:
                 break
             b = _batch(rows, self.device)
-            with _autocast(self.device, self.cfg.precision):
+            with _autocast(self.device, self.precision):
                 out = model(b.x)
             logits = out.logits if hasattr(out, "logits") else out
             w = float(b.mask.sum())
@@ -172,7 +191,7 @@ class Trainer:
         """Train from self.step to cfg.steps; return the last reported metrics."""
         cfg = self.cfg
         if self.flops_per_token and self._peak is None:
-            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._peak = matmul_peak_flops(dtype, self.device)
         load = ExpertLoad()
         window_sums: dict[str, float] = {}

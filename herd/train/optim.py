@@ -44,7 +44,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     except ImportError:
         metap_groups = None
     if metap_groups is not None and hasattr(model, "config"):
-        groups = metap_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = metap_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
         return [dict(g) for g in groups]
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -92,9 +92,12 @@ class TrainOutcome:
 def _build_model(cfg: dict[str, Any], factory: Callable[[dict[str, Any]], nn.Module] | None) -> nn.Module:
     if factory is not None:
         return factory(cfg)
-    from herd.model import Llama4, ModelConfig
+    from herd.model import Llama4, ModelConfig, metap
 
-    return Llama4(ModelConfig.model_validate(cfg))
+    mcfg = ModelConfig.model_validate(cfg)
+    model = Llama4(mcfg)
+    metap.init_weights(model, mcfg)  # width-aware init matching MetaP's lr multipliers (herd.model.metap)
+    return model
 
 
 def _load_teacher(job: TrainJob) -> nn.Module:
