@@ -108,7 +108,8 @@ class MoE(nn.Module):
         counts = counts_t.tolist()  # host sync, needed to slice groups; cheap next to the expert matmuls
         x_sorted = x[token] * scores.reshape(-1)[order, None]  # the score scales the expert INPUT
         routed = self.experts(x_sorted, counts)
-        y = self.shared_expert(x).index_add(0, token, routed.to(x.dtype))
+        shared = self.shared_expert(x)  # under bf16 autocast this is bf16 while x (the residual) stays fp32
+        y = shared.index_add(0, token, routed.to(shared.dtype))
 
         aux = logits.new_zeros((), dtype=torch.float32)
         probs = torch.sigmoid(logits.float())
