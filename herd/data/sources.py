@@ -145,6 +145,17 @@ def describe_files(
     return files
 
 
+def fingerprint(source: SourceConfig, storage_options: dict[str, Any] | None = None) -> list[list[Any]]:
+    """Cheap change detector (no reads): [url, size, ETag or mtime] per file. Feeds the clean step's cache key."""
+    fs, _ = fsspec.core.url_to_fs(source.uri, **(storage_options or {}))
+    out = []
+    for sf in describe_files(source, storage_options, digest=False):
+        info = fs.info(sf.url)
+        stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        out.append([sf.url, sf.size, str(stamp)])
+    return out
+
+
 def _sample(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text[:200]
@@ -306,3 +317,28 @@ def read_source(
                     yield Record(name, sf.url, text=text)
             else:
                 raise SourceError(f"unknown format {sf.format!r} for {sf.url}")
+
+
+def resolve_sources(
+    sources: list[SourceConfig], synthetic_dir: str | None, storage_options: dict[str, Any] | None = None
+) -> list[tuple[SourceConfig, list[SourceFile]]]:
+    """Each source with its files (and digests); 'synthetic' points at the generated corpus in synthetic_dir."""
+    out: list[tuple[SourceConfig, list[SourceFile]]] = []
+    for src in sources:
+        if src.uri == "synthetic":
+            if synthetic_dir is None:
+                raise SourceError(
+                    "the 'synthetic' source needs the generated corpus (the data.synthetic step)"
+                )
+            local = src.model_copy(
+                update={"uri": str(synthetic_dir), "name": src.display_name, "format": "jsonl"}
+            )
+            files = [
+                f
+                for f in describe_files(local)
+                if f.url.rsplit("/", 1)[-1] in ("documents.jsonl", "chats.jsonl")
+            ]
+            out.append((local, files))
+        else:
+            out.append((src, describe_files(src, storage_options)))
+    return out

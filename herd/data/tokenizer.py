@@ -246,3 +246,18 @@ def encode_chat_batch(
         out.append((ids, mask))
         start = end
     return out
+
+
+def corpus_texts(corpus_dir: str | Path) -> Iterable[str]:
+    """Training text for the tokenizer from a cleaned corpus: documents, then chat contents."""
+    import pyarrow.parquet as pq
+
+    corpus = Path(corpus_dir)
+    docs, chats = corpus / "documents.parquet", corpus / "chats.parquet"
+    if docs.exists():
+        for batch in pq.ParquetFile(docs).iter_batches(columns=["text"], batch_size=4096):
+            yield from batch.column("text").to_pylist()
+    if chats.exists():
+        for batch in pq.ParquetFile(chats).iter_batches(columns=["messages"], batch_size=4096):
+            for messages in batch.column("messages").to_pylist():
+                yield "\n".join(_content_text(m["content"]) for m in json.loads(messages))
