@@ -1,0 +1,318 @@
+"""The ``herd`` command line (typer). ``herd --help`` lists the commands; each has its own ``--help``.
+
+    herd run                         # the whole pipeline on the tiny recipe, embedded runtime under ./.herd
+    herd plan --set pretrain.steps=50
+    herd flow data --recipe my.yaml
+    herd lineage <artifact digest | m-model id> --down --format mermaid
+    herd recipe list | show scout | validate my.yaml
+    herd up / herd down / herd ui
+
+Bad input (a recipe that does not validate, an unknown flow or id) prints one line and exits 2; a failed step
+prints one line and exits 1. Nothing is written before the recipe validates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import herd
+from herd.platform.errors import HerdError
+
+app = typer.Typer(
+    name="herd",
+    help="Build a Llama-4-style model herd end to end (data -> pretrain -> codistill -> post-train -> quantize "
+    "-> evaluate -> serve) on Ray, tracked in MLflow. Runs on a laptop (recipe tiny) or a GPU cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipe_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+out = Console()
+err = Console(stderr=True)
+
+RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="Built-in recipe name or YAML file "
+                                               "(default: tiny).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: section.key=value "
+                                                  "(repeatable; beats the recipe file).")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster to use (host:port, ray://..., "
+                                                "auto). Default: `herd up`'s head, else a local Ray.")]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (http://...). "
+                                                 "Default: sqlite at $HERD_HOME/mlflow.db.")]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Artifact store root (path, file://, "
+                                              "s3://bucket/prefix). Default: $HERD_HOME/artifacts.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"herd {herd.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print herd's version and exit.")] = False) -> None:
+    """herd: a Llama 4 style herd, end to end."""
+
+
+def _fail(e: HerdError) -> None:
+    err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+    raise typer.Exit(e.exit_code)
+
+
+def _load(recipe: str | None, sets: list[str] | None):
+    from herd.platform.config import load_recipe
+
+    return load_recipe(recipe, sets or [])
+
+
+def _runtime(rec, address: str | None, tracking_uri: str | None, store: str | None):
+    from herd.platform.runtime import Runtime
+
+    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store)
+
+
+def pipeline_steps(rec, flows: list[str] | None = None, strict: bool = False):
+    """Steps of the registered flows (all, in pipeline order); with ``strict`` a missing flow is an error."""
+    from herd import flows as registry
+    from herd.platform.errors import FlowError
+
+    names = list(registry.FLOWS)
+    for f in flows or []:
+        if f not in registry.FLOWS:
+            raise FlowError(f"unknown flow {f!r}; registered flows: {', '.join(names)}")
+    steps, missing = [], []
+    for name in names:
+        try:
+            build = registry.builder(name)
+        except ModuleNotFoundError as e:
+            if strict and name in (flows or []):
+                raise FlowError(f"flow {name!r} is registered but its module is not available ({e})") from None
+            missing.append(name)
+            continue
+        steps.extend(build(rec))
+    return steps, missing
+
+
+def _targets(steps, flows: list[str] | None) -> list[str] | None:
+    if not flows:
+        return None
+    return [s.name for s in steps if s.flow in flows]
+
+
+def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None) -> None:
+    try:
+        rec = _load(recipe, sets)
+        steps, missing = pipeline_steps(rec, flows, strict=bool(flows))
+        if missing and not flows:
+            err.print(f"[dim]flows not available yet (skipped): {', '.join(missing)}[/]")
+        if not steps:
+            err.print("nothing to run: no registered flow is available")
+            raise typer.Exit(0)
+        from herd.platform.runner import Runner
+
+        rt = _runtime(rec, address, tracking_uri, store)
+        try:
+            res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source)
+        finally:
+            rt.stop()
+    except HerdError as e:
+        _fail(e)
+    out.print(f"[green]done[/] in {res.duration_s:.1f}s: {len(res.executed)} step(s) ran, {len(res.reused)} "
+              f"reused. MLflow runs: {', '.join(f'{k}={v}' for k, v in res.flow_runs.items()) or 'none new'}")
+
+
+@app.command()
+def run(recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None, tracking_uri: TrackingOpt = None,
+        store: StoreOpt = None) -> None:
+    """Run the whole pipeline: every registered flow in order, reusing every step that is cached."""
+    _do_run(recipe, set_, address, tracking_uri, store, None)
+
+
+@app.command()
+def flow(name: Annotated[str, typer.Argument(help="Flow to run (data, pretrain, distill, ...).")],
+         recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None,
+         tracking_uri: TrackingOpt = None, store: StoreOpt = None) -> None:
+    """Run one flow's steps plus any upstream step that is not cached."""
+    _do_run(recipe, set_, address, tracking_uri, store, [name])
+
+
+@app.command()
+def plan(flow_name: Annotated[str | None, typer.Argument(metavar="[FLOW]", help="Limit to this flow "
+                                                         "(and its upstream).")] = None,
+         recipe: RecipeOpt = None, set_: SetOpt = None, store: StoreOpt = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False) -> None:
+    """Say for each step whether it will run or be reused, and WHY (changed field, input, code, never ran)."""
+    from herd.platform.runner import Runner
+
+    try:
+        rec = _load(recipe, set_)
+        steps, missing = pipeline_steps(rec, [flow_name] if flow_name else None, strict=bool(flow_name))
+        rt = _runtime(rec, None, None, store)
+        entries = Runner(rt, progress=False).plan(steps, _targets(steps, [flow_name] if flow_name else None))
+    except HerdError as e:
+        _fail(e)
+    if as_json:
+        out.print_json(json.dumps([e.__dict__ for e in entries]))
+        return
+    t = Table("step", "action", "why", box=None, header_style="bold")
+    for e in entries:
+        color = "cyan" if e.action == "reuse" else "yellow"
+        t.add_row(e.step, f"[{color}]{e.action}[/]", "; ".join(e.reasons))
+    out.print(t)
+    if missing:
+        out.print(f"[dim]flows not available yet: {', '.join(missing)}[/]")
+
+
+class Fmt(str, Enum):
+    text = "text"
+    json = "json"
+    mermaid = "mermaid"
+
+
+@app.command()
+def lineage(ident: Annotated[str, typer.Argument(metavar="ID", help="Artifact digest (>= 8 chars) or MLflow "
+                                                 "LoggedModel id (m-...).")],
+            down: Annotated[bool, typer.Option("--down", help="What was made from ID (default: what made "
+                                               "ID, up to the raw sources).")] = False,
+            fmt: Annotated[Fmt, typer.Option("--format", "-f", help="text | json | mermaid")] = Fmt.text,
+            recipe: RecipeOpt = None, set_: SetOpt = None, tracking_uri: TrackingOpt = None) -> None:
+    """Print the lineage tree of an artifact or model, from MLflow."""
+    from herd.platform.lineage import LineageReader, render_text, to_mermaid
+
+    try:
+        rec = _load(recipe, set_)
+        rt = _runtime(rec, None, tracking_uri, None)
+        reader = LineageReader(rt.tracking_uri, rt.experiment)
+        tree = reader.down(ident) if down else reader.up(ident)
+    except HerdError as e:
+        _fail(e)
+    direction = "down" if down else "up"
+    if fmt is Fmt.json:
+        print(json.dumps(tree, indent=2))
+    elif fmt is Fmt.mermaid:
+        print(to_mermaid(tree, direction))
+    else:
+        print(render_text(tree, direction))
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, recipe: RecipeOpt = None,
+       set_: SetOpt = None) -> None:
+    """Serve the MLflow UI for HERD_HOME on 127.0.0.1 (or print the URL of the `herd up` server)."""
+    from herd.platform.runtime import base_env, read_services
+
+    try:
+        rec = _load(recipe, set_)
+    except HerdError as e:
+        _fail(e)
+    home = rec.runtime.resolved_home()
+    running = read_services(home).get("mlflow")
+    if running:
+        out.print(f"MLflow UI (from `herd up`): {running['uri']}")
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    base_env(home)
+    uri = rec.runtime.tracking_uri or rec.runtime.resolved_tracking_uri()
+    out.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
+    exe = Path(sys.executable).parent / "mlflow"
+    os.execv(str(exe), [str(exe), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", "1"])
+
+
+@app.command()
+def up(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them."""
+    from herd.platform import runtime
+
+    try:
+        services = runtime.up(_load(recipe, set_).runtime)
+    except HerdError as e:
+        _fail(e)
+    r, m = services["ray"], services["mlflow"]
+    out.print(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (token in {r['token_path']})")
+    out.print(f"MLflow     {m['uri']}")
+    out.print("Stop both with `herd down`.")
+
+
+@app.command()
+def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME."""
+    from herd.platform import runtime
+
+    try:
+        stopped = runtime.down(_load(recipe, set_).runtime)
+    except HerdError as e:
+        _fail(e)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+# ------------------------------------------------------------------------------------------- recipes
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """List the built-in recipes."""
+    from herd.platform.config import builtin_recipes, load_recipe
+
+    t = Table("recipe", "teacher params (active)", "student params (active)", box=None, header_style="bold")
+    for name in builtin_recipes():
+        rec = load_recipe(name)
+        t.add_row(name, *[_count(rec.models[m]) for m in ("teacher", "student")])
+    out.print(t)
+
+
+def _count(m) -> str:
+    try:
+        return f"{_human(m.num_params())} ({_human(m.num_active_params())})"
+    except (AttributeError, TypeError) as e:  # the model library may not provide counts for every shape yet
+        return f"n/a ({e})"
+
+
+def _human(n: int) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+@recipe_app.command("show")
+def recipe_show(name: Annotated[str, typer.Argument(help="Built-in name or YAML file.")] = "tiny",
+                set_: SetOpt = None,
+                diff: Annotated[bool, typer.Option("--diff", help="Only fields that differ from the defaults.")
+                                ] = False
+                ) -> None:
+    """Print a recipe (resolved, with overrides) and its models' parameter counts."""
+    import yaml
+
+    try:
+        rec = _load(name, set_)
+    except HerdError as e:
+        _fail(e)
+    data = rec.model_dump(mode="json", exclude_defaults=diff)
+    print(yaml.safe_dump(data, sort_keys=False, width=110).rstrip())
+    print("\n# parameters (total / active per token)")
+    for key, m in rec.models.items():
+        print(f"#   {key}: {_count(m)}")
+
+
+@recipe_app.command("validate")
+def recipe_validate(path: Annotated[str, typer.Argument(help="Recipe YAML file (or built-in name).")],
+                    set_: SetOpt = None) -> None:
+    """Validate a recipe; prints one line naming the bad field on failure (exit 2)."""
+    try:
+        rec = _load(path, set_)
+    except HerdError as e:
+        _fail(e)
+    out.print(f"[green]ok[/] {rec.source}: models {', '.join(rec.models)}")
+
+
+if __name__ == "__main__":
+    app()
