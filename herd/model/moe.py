@@ -30,13 +30,40 @@ from torch import nn
 from herd.model.config import ModelConfig
 
 
+class _Permute(torch.autograd.Function):
+    """rows -> rows[perm] whose backward is the inverse gather (``index_select`` both ways), instead of autograd's
+    scatter-add for an indexed read: a permutation needs no accumulation."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def _permute(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    return _Permute.apply(x, perm, inverse)
+
+
 @dataclass
 class RouterStats:
     """One MoE layer's routing in a forward pass (detached): for logging and aux-free balancing."""
 
     layer: int
     tokens_per_expert: torch.Tensor  # (E,) token copies dispatched to each expert
-    entropy: torch.Tensor  # () mean entropy of the normalised sigmoid router distribution, in nats
+    router_logits: torch.Tensor  # (T, E)
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        """() mean entropy (nats) of the per-token router distribution sigmoid(logits) / Σ sigmoid(logits);
+        computed on access, so decoding pays nothing for it."""
+        probs = torch.sigmoid(self.router_logits.float())
+        probs = probs / probs.sum(-1, keepdim=True)
+        return -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
 
 
 class MLP(nn.Module):
@@ -62,13 +89,16 @@ class Experts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """``x_sorted`` holds token copies grouped by expert, ``counts[e]`` rows for expert e."""
-        outs, start = [], 0
+        # split/unbind (not x[a:b], W[e]): their backward writes every group's gradient in ONE cat/stack, where
+        # per-expert slicing would materialise a full-size zero gradient per expert and add them up
+        groups = x_sorted.split(counts)
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        outs = []
         for e, n in enumerate(counts):
             if n == 0:  # never touch an expert that got no tokens
                 continue
-            gate, up = (x_sorted[start:start + n] @ self.gate_up_proj[e]).chunk(2, dim=-1)
-            outs.append((F.silu(gate) * up) @ self.down_proj[e])
-            start += n
+            gate, up = (groups[e] @ gate_up[e]).chunk(2, dim=-1)
+            outs.append((F.silu(gate) * up) @ down[e])
         if not outs:
             return x_sorted.new_zeros(0, self.down_proj.shape[-1])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -101,28 +131,38 @@ class MoE(nn.Module):
         idx = torch.topk(choice, K, dim=-1).indices  # (T, K)
         scores = torch.sigmoid(logits.gather(1, idx).float()).to(x.dtype)  # raw logits: unselected experts get 0
 
-        flat = idx.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        token = order // K
-        counts_t = torch.bincount(flat, minlength=E)
-        counts = counts_t.tolist()  # host sync, needed to slice groups; cheap next to the expert matmuls
-        x_sorted = x[token] * scores.reshape(-1)[order, None]  # the score scales the expert INPUT
-        routed = self.experts(x_sorted, counts)
-        shared = self.shared_expert(x)  # under bf16 autocast this is bf16 while x (the residual) stays fp32
-        y = shared.index_add(0, token, routed.to(shared.dtype))
+        counts_t = torch.bincount(idx.reshape(-1), minlength=E)
+        if T * K == 1:  # one token, one expert (batch-1 decoding): no sorting or permuting
+            chosen = int(idx)
+            routed = self.experts(x * scores, [int(e == chosen) for e in range(E)])
+        else:
+            routed = self._dispatch(x, idx, scores, counts_t)
+        y = self.shared_expert(x) + routed.to(x.dtype)
 
         aux = logits.new_zeros((), dtype=torch.float32)
-        probs = torch.sigmoid(logits.float())
-        probs = probs / probs.sum(-1, keepdim=True)
         if self.balance == "aux_loss" and self.aux_coef > 0 and torch.is_grad_enabled():
+            probs = torch.sigmoid(logits.float())
+            probs = probs / probs.sum(-1, keepdim=True)
             frac = counts_t.float() / (T * K)
             aux = self.aux_coef * E * (frac * probs.mean(0)).sum()
-        with torch.no_grad():
-            entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
-            if self.training and self.balance == "aux_free":
+        if self.training and self.balance == "aux_free":
+            with torch.no_grad():
                 self._load += counts_t.to(self._load.dtype)
-        stats = RouterStats(self.layer_idx, counts_t.detach(), entropy.detach())
+        stats = RouterStats(self.layer_idx, counts_t.detach(), logits.detach())
         return y.reshape(shape), aux, stats
+
+    def _dispatch(self, x: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor, counts_t: torch.Tensor
+                  ) -> torch.Tensor:
+        """Sort token copies by expert, run each expert on its contiguous group, and sum back per token."""
+        T, K = idx.shape
+        order = torch.argsort(idx.reshape(-1), stable=True)  # copy order (token, k) -> grouped by expert
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = counts_t.tolist()  # host sync, needed to slice groups; cheap next to the expert matmuls
+        copies = x if K == 1 else x.repeat_interleave(K, dim=0)
+        x_sorted = _permute(copies * scores.reshape(-1, 1), order, inverse)  # the score scales the expert INPUT
+        routed = _permute(self.experts(x_sorted, counts), inverse, order)
+        return routed if K == 1 else routed.view(T, K, -1).sum(1)
 
     @torch.no_grad()
     def update_router_bias(self) -> None:
