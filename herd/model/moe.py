@@ -137,7 +137,8 @@ class MoE(nn.Module):
             routed = self.experts(x * scores, [int(e == chosen) for e in range(E)])
         else:
             routed = self._dispatch(x, idx, scores, counts_t)
-        y = self.shared_expert(x) + routed.to(x.dtype)
+        shared = self.shared_expert(x)  # under bf16 autocast this is bf16 while x (the residual) stays fp32
+        y = shared + routed.to(shared.dtype)
 
         aux = logits.new_zeros((), dtype=torch.float32)
         if self.balance == "aux_loss" and self.aux_coef > 0 and torch.is_grad_enabled():
