@@ -66,6 +66,13 @@ def train(ctx: StepContext) -> None:
     (out / "progress.json").write_text(json.dumps({"resumed_from": state["resumed_from"]}))
 
 
+def evaluate(ctx: StepContext) -> None:
+    w = json.loads((ctx.inputs["model"].local_path() / "weights.json").read_text())["w"]
+    out = ctx.output_dir("report", format="json")
+    (out / "report.json").write_text(json.dumps({"w": w}))
+    ctx.log_metrics({"w": w})
+
+
 def steps(source: str, make_cfg: dict | None = None, train_cfg: dict | None = None) -> list[Step]:
     return [
         Step("demo.make", make, config=DemoMake(source=source, **(make_cfg or {})), config_path="demo.make",
