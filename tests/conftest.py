@@ -127,13 +127,13 @@ def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a subprocess, so Ray workers and MLflow servers can reach it)."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(_SCRATCH / "moto.log", "wb")
-    proc = subprocess.Popen(
-        [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(_SCRATCH / "moto.log", "wb") as log:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -156,7 +156,6 @@ def s3_server() -> Iterator[str]:
             else:
                 os.environ[k] = v
         _stop(proc)
-        log.close()
 
 
 @pytest.fixture
@@ -172,26 +171,25 @@ def mlflow_server() -> Iterator[str]:
     root.mkdir()
     port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [
-            _bin("mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                _bin("mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination", str(root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{uri}/health", 90, proc)
         yield uri
     finally:
         _stop(proc)
-        log.close()
 
 
 @pytest.fixture

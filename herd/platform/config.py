@@ -331,5 +331,16 @@ def format_validation_error(err: ValidationError, where: str = "recipe") -> str:
     return f"invalid recipe {where}: {line}{more}"
 
 
-__all__ = ["DEFAULT_RECIPE", "Recipe", "RecipeError", "RuntimeConfig", "SECTIONS", "apply_overrides",
-           "builtin_recipes", "deep_merge", "format_validation_error", "load_recipe", "parse_override"]
+__all__ = [
+    "DEFAULT_RECIPE",
+    "SECTIONS",
+    "Recipe",
+    "RecipeError",
+    "RuntimeConfig",
+    "apply_overrides",
+    "builtin_recipes",
+    "deep_merge",
+    "format_validation_error",
+    "load_recipe",
+    "parse_override",
+]

@@ -6,7 +6,7 @@ On a terminal it is a live table; elsewhere (CI logs, tests) it prints one line 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Self
 
 from rich.console import Console
 from rich.live import Live
@@ -32,13 +32,13 @@ class Progress:
         self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)")
         self.console.print(f"Artifacts      {where.get('store')}")
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:
             self._live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._live is not None:
             self._live.update(self._table())
             self._live.__exit__(*exc)

@@ -203,8 +203,9 @@ def up(cfg: RuntimeConfig, mlflow_port: int = 5000, ray_port: int = 6380) -> dic
         if cfg.num_cpus:
             cmd.append(f"--num-cpus={cfg.num_cpus}")
         # --block keeps `ray start` in the foreground; stopping its process group stops exactly this head.
-        proc = subprocess.Popen(cmd, stdout=open(logs / "ray.log", "ab"), stderr=subprocess.STDOUT,
-                                start_new_session=True, env=dict(os.environ))
+        with open(logs / "ray.log", "ab") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=dict(os.environ))
         services["ray"] = {"pid": proc.pid, "address": f"127.0.0.1:{port}",
                            "dashboard": f"http://127.0.0.1:{dash_port}",
                            "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}
@@ -214,8 +215,8 @@ def up(cfg: RuntimeConfig, mlflow_port: int = 5000, ray_port: int = 6380) -> dic
         cmd = [_bin("mlflow"), "server", "--backend-store-uri", cfg.tracking_uri or cfg.resolved_tracking_uri(),
                "--artifacts-destination", str(home / "mlartifacts"), "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
-        proc = subprocess.Popen(cmd, stdout=open(logs / "mlflow.log", "ab"), stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+        with open(logs / "mlflow.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         services["mlflow"] = {"pid": proc.pid, "uri": f"http://127.0.0.1:{port}"}
     services_file(home).write_text(json.dumps(services, indent=2))
     token = Path(services["ray"]["token_path"]).read_text().strip() if services["ray"]["token_path"] else ""

@@ -223,4 +223,4 @@ class StepContext:
         return base, pafs.PyFileSystem(pafs.FSSpecHandler(self.store.fs))
 
 
-__all__ = ["MetricLogger", "OUTPUT_KINDS", "Resources", "Step", "StepContext"]
+__all__ = ["OUTPUT_KINDS", "MetricLogger", "Resources", "Step", "StepContext"]

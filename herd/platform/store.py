@@ -177,7 +177,7 @@ class ArtifactStore:
         except FileNotFoundError:
             return []
         base = self.root_path + "/"
-        return sorted(e[len(base):] if e.startswith(base) else e for e in entries)
+        return sorted(e.removeprefix(base) for e in entries)
 
     def delete(self, key: str) -> None:
         path = self.path(key)
@@ -211,7 +211,6 @@ class ArtifactStore:
         out = []
         for shard in self.list("objects"):
             for obj in self.list(shard):
-                digest = obj.rsplit("/", 1)[-1]
                 text = self.read_text(f"{obj}/{MANIFEST}")
                 if text is not None:
                     out.append(Artifact(self, Manifest.from_json(text)))

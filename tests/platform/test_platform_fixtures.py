@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from pathlib import Path
 
 
 def test_ray_local_runs_tasks_and_dashboard_needs_token(ray_local):
@@ -17,7 +18,7 @@ def test_ray_local_runs_tasks_and_dashboard_needs_token(ray_local):
     assert ray.get(add.remote(2, 3)) == 5
     assert ray.cluster_resources()["CPU"] == 2.0
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.2"
-    token = open(ray_local.token_path).read().strip()
+    token = Path(ray_local.token_path).read_text().strip()
     req = urllib.request.Request(f"{ray_local.dashboard_url}/api/version",
                                  headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=10) as r:
