@@ -25,6 +25,7 @@ TEACHER = "pretrain.train.model"
 
 def train(ctx: StepContext) -> None:
     from herd.train.api import train_and_export
+    from herd.train.plots import log_to_mlflow
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["distill"]
@@ -37,10 +38,11 @@ def train(ctx: StepContext) -> None:
     ctx.log_params({"student": cfg.student, "teacher": cfg.teacher, "params": student.num_params(),
                     "teacher_params": teacher.num_params(), "alpha_rule": cfg.alpha.rule,
                     "temperature": cfg.temperature, "steps": cfg.steps})
+    plots = ctx.output_dir("plots", format="png")
     train_and_export(job, out_dir=ctx.output_dir("model", format="hf"),
                      tokenizer=ctx.inputs["tokenizer"].local_path(), storage=ctx.ray_train_storage(),
-                     run_name=ctx.train_run_name, log_metrics=ctx.log_metrics,
-                     plots_dir=ctx.output_dir("plots", format="png"))
+                     run_name=ctx.train_run_name, log_metrics=ctx.log_metrics, plots_dir=plots)
+    log_to_mlflow(ctx.tracking_uri, ctx.run_id, plots)  # in the driver: the step's MLflow run shows them
 
 
 def build(recipe: Recipe) -> list[Step]:

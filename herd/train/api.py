@@ -38,7 +38,10 @@ class _ProgressBar:
             self.bar.start()
 
     def update(self, step: int, m: Mapping[str, float]) -> None:
-        info = f"loss {m.get('loss', float('nan')):.3f}  {m.get('tokens_per_s', 0):,.0f} tok/s"
+        info = f"loss {m.get('loss', float('nan')):.3f}"
+        if "alpha" in m:  # distill: the loss mixes KL and CE; show the hard-label CE and alpha too
+            info += f" (CE {m.get('ce', float('nan')):.3f}, alpha {m['alpha']:.2f})"
+        info += f"  {m.get('tokens_per_s', 0):,.0f} tok/s"
         if "mfu" in m:
             info += f"  MFU {100 * m['mfu']:.1f}%"
         if "eval/loss" in m:

@@ -81,7 +81,7 @@ class _TrainBase(_Section):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
     @model_validator(mode="after")
-    def _check_steps(self) -> "_TrainBase":
+    def _check_steps(self) -> _TrainBase:
         if self.schedule.warmup_steps >= self.steps:
             raise ValueError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be smaller than steps ({self.steps}); "
@@ -118,7 +118,7 @@ class AlphaConfig(_Section):
                             "of the true token (normalized to mean 1 over the batch).")
 
     @model_validator(mode="after")
-    def _check_range(self) -> "AlphaConfig":
+    def _check_range(self) -> AlphaConfig:
         if self.min > self.max:
             raise ValueError(f"alpha.min ({self.min}) must be <= alpha.max ({self.max})")
         return self
@@ -137,7 +137,7 @@ class DistillConfig(_TrainBase):
     alpha: AlphaConfig = Field(default_factory=AlphaConfig)
 
     @model_validator(mode="after")
-    def _check_models(self) -> "DistillConfig":
+    def _check_models(self) -> DistillConfig:
         if self.student == self.teacher:
             raise ValueError(f"distill.student and distill.teacher are both {self.student!r}; the student must "
                              "be a different model entry than its teacher")

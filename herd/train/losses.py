@@ -35,11 +35,11 @@ class Batch:
     mask: torch.Tensor
 
     @classmethod
-    def from_rows(cls, ids: torch.Tensor, loss_mask: torch.Tensor) -> "Batch":
+    def from_rows(cls, ids: torch.Tensor, loss_mask: torch.Tensor) -> Batch:
         """Rows of seq_len+1 tokens (the packed-shard contract): x = ids[:-1], y = ids[1:], mask = mask[1:]."""
         return cls(ids[:, :-1].long(), ids[:, 1:].long(), loss_mask[:, 1:].float())
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(self.x.to(device), self.y.to(device), self.mask.to(device))
 
     @property

@@ -39,7 +39,7 @@ def router_layers(router_stats: Any) -> list[tuple[str, Any]]:
         return []
     if isinstance(router_stats, dict):
         return [(str(k), v) for k, v in router_stats.items()]
-    return [(str(i), s) for i, s in enumerate(router_stats)]
+    return [(str(getattr(s, "layer", i)), s) for i, s in enumerate(router_stats)]  # the decoder layer index
 
 
 class ExpertLoad:

@@ -29,7 +29,7 @@ def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
     # WSD (Hu et al. 2024, MiniCPM): hold the peak, then decay linearly over the last decay_fraction of steps;
     # the stable phase's checkpoints can be continued without re-warming.
-    decay_steps = max(int(round(cfg.decay_fraction * total_steps)), 1)
+    decay_steps = max(round(cfg.decay_fraction * total_steps), 1)
     start = total_steps - decay_steps
     if step < start:
         return 1.0

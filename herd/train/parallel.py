@@ -40,10 +40,10 @@ def wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # broadcast_buffers=False: replicas' buffers stay equal by construction (the aux-free router bias is
+        # forward_sync_buffers=False: replicas' buffers stay equal by construction (the aux-free router bias is
         # updated from loads summed over ranks), and a per-forward broadcast would overwrite each rank's own
         # load counters between accumulation micro-batches.
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
     if strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
@@ -102,8 +102,11 @@ def load_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, msd: di
         if opt is not None and osd is not None:
             opt.load_state_dict(osd)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, \
-        set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, msd, options=opts)

@@ -66,3 +66,10 @@ def write_plots(history: list[tuple[int, dict[str, float]]], out_dir: str | Path
         fig.savefig(written["expert_load"], dpi=110)
         plt.close(fig)
     return written
+
+
+def log_to_mlflow(tracking_uri: str, run_id: str, plots_dir: str | Path) -> None:
+    """Attach the PNGs to an MLflow run under `plots/` (call from the driver: only it talks to MLflow)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(plots_dir), artifact_path="plots")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue as pyqueue
 import tempfile
@@ -159,6 +160,11 @@ def train_worker(config: dict[str, Any]) -> None:
 
     job: TrainJob = config["job"]
     cfg = job.config()
+    # Ray Train V2 logs every report with all its metrics at INFO (logger named by its file); the driver's
+    # relay already shows them, so keep the terminal readable
+    from ray.train.v2._internal.execution import context as _train_context
+
+    logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     threads = cfg.workers.threads_per_worker or max(int(cfg.workers.cpus_per_worker), 1)
@@ -238,7 +244,7 @@ def run_training(job: TrainJob, *, storage_path: str, storage_filesystem: Any = 
     def _fit() -> None:
         try:
             box["result"] = trainer.fit()
-        except Exception as e:  # re-raised in the calling thread below
+        except Exception as e:  # noqa: BLE001 -- handed to the calling thread, which re-raises it
             box["error"] = e
 
     history: list[tuple[int, dict[str, float]]] = []

@@ -15,8 +15,9 @@ from herd.train.losses import CrossEntropyObjective
 
 
 def _cfg(**kw) -> PretrainConfig:
-    base = dict(steps=24, micro_batch_size=8, grad_accum=2, log_every=4, eval_batches=2, precision="fp32",
-                schedule={"warmup_steps": 4}, checkpoint={"every_steps": 8}, optim={"lr": 1e-2})
+    base = {"steps": 24, "micro_batch_size": 8, "grad_accum": 2, "log_every": 4, "eval_batches": 2,
+            "precision": "fp32", "schedule": {"warmup_steps": 4}, "checkpoint": {"every_steps": 8},
+            "optim": {"lr": 1e-2}}
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -24,7 +25,7 @@ def _cfg(**kw) -> PretrainConfig:
 def _trainer(cfg: PretrainConfig, shards: dict[str, Path], tiny_lm, hash_: str = "h") -> Trainer:
     torch.manual_seed(cfg.seed)
     reader = ShardReader(str(shards["train"]), cfg.micro_batch_size, seed=cfg.seed)
-    val = lambda: ShardReader(str(shards["val"]), 8, shuffle=False, loop=False)  # noqa: E731
+    val = lambda: ShardReader(str(shards["val"]), 8, shuffle=False, loop=False)
     return Trainer(tiny_lm(), CrossEntropyObjective(), reader, cfg, device=torch.device("cpu"),
                    config_hash=hash_, eval_data=val, flops_per_token=1000.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_schedules_warm_up_then_decay_to_min(kind):
     cfg = ScheduleConfig(kind=kind, warmup_steps=10, min_lr_ratio=0.1, decay_fraction=0.2)
     f = [lr_factor(s, cfg, 100) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:10], f[1:10]))  # warmup rises
+    assert all(a <= b for a, b in pairwise(f[:10]))  # warmup rises
     assert f[-1] == pytest.approx(0.1, abs=0.01)
     if kind == "wsd":
         assert f[50] == 1.0 and f[79] == 1.0 and f[90] < 1.0  # stable, then the last 20% decays

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import ray.cloudpickle
-import pytest
-import torch
+from itertools import pairwise
 
+import pytest
+import ray.cloudpickle
+import torch
 import train_helpers
+
 from herd.train.config import PretrainConfig
 from herd.train.ray_trainer import TrainJob, run_training
 
@@ -46,21 +48,22 @@ def test_two_workers_loss_falls(reference):
     assert out.resumed_from is None and out.checkpoint_path.endswith("checkpoint_step00000040")
 
 
-def _train_worker_pids() -> list[int]:
+def _train_worker_pids(address: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # an explicit address: other Ray instances on the machine would make "auto" ambiguous
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return sorted(a.pid for a in actors)
 
 
-def test_killed_worker_resumes_to_identical_weights(reference, shards, tmp_path):
+def test_killed_worker_resumes_to_identical_weights(reference, shards, tmp_path, ray_local):
     ref, _, _ = reference
     killed: list[int] = []
 
     def on_metrics(step: int, m: dict) -> None:
         # after the step-10 checkpoint is registered and before the end: kill one worker process (SIGKILL)
         if step == 15 and not killed:
-            pids = _train_worker_pids()
+            pids = _train_worker_pids(ray_local.address)
             assert len(pids) == 2
             os.kill(pids[-1], signal.SIGKILL)
             killed.append(pids[-1])
@@ -69,7 +72,7 @@ def test_killed_worker_resumes_to_identical_weights(reference, shards, tmp_path)
     assert killed, "the worker was never killed"
     steps = [s for s, _ in out.history]
     assert steps.count(15) >= 1 and steps[-1] == 40
-    assert any(b <= a for a, b in zip(steps, steps[1:])), f"no restart visible in {steps}"
+    assert any(b <= a for a, b in pairwise(steps)), f"no restart visible in {steps}"
     for k, v in ref.model_state.items():
         torch.testing.assert_close(out.model_state[k], v, rtol=0, atol=1e-6, msg=k)
 

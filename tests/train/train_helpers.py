@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+
 def write_shards(root: Path, *, rows: int, seq_len: int, vocab: int, seed: int, n_shards: int = 2) -> Path:
     """Packed shards (input_ids list<int32>, loss_mask list<uint8>, index.json) of a learnable language:
     each row counts upward from a random start with a random stride (mod vocab), so the next token is
