@@ -71,7 +71,7 @@ class LineageRecorder:
     def run_url(self, run_id: str) -> str:
         if self.tracking_uri.startswith("http"):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return run_id
+        return f"mlflow run {run_id}"
 
     def start_flow_run(self, flow: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=flow,

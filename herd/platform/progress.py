@@ -28,9 +28,9 @@ class Progress:
             return
         dash, token = where.get("dashboard"), where.get("token")
         if dash:
-            self.console.print(f"Ray dashboard  {dash}  (token auth; token in {token})")
-        self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)")
-        self.console.print(f"Artifacts      {where.get('store')}")
+            self.console.print(f"Ray dashboard  {dash}  (token auth; token in {token})", soft_wrap=True)
+        self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)", soft_wrap=True)
+        self.console.print(f"Artifacts      {where.get('store')}", soft_wrap=True)
 
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:
@@ -56,7 +56,8 @@ class Progress:
         if where is not None:
             row[3] = where
         if self.enabled and self._live is None and changed:
-            self.console.print(f"[{_STYLE.get(state, '')}]{state:8}[/] {step}  {self._elapsed(row)}  {row[3]}")
+            self.console.print(f"[{_STYLE.get(state, '')}]{state:8}[/] {step}  {self._elapsed(row)}  {row[3]}",
+                               soft_wrap=True, highlight=False)
         self.refresh()
 
     def refresh(self) -> None:

@@ -205,7 +205,6 @@ class Runner:
                                 result.records[step.name] = done
                                 progress.update(step.name, "reused", where=f"run {done.run_id}")
                                 continue
-                            progress.update(step.name, "running")
                             fut = pool.submit(self._execute, step, rec, known, sink, recipe_source, result,
                                               progress)
                             running[fut] = step

@@ -49,20 +49,21 @@ def make(ctx: StepContext) -> None:
 
 
 def train(ctx: StepContext) -> None:
-    cfg: DemoTrain = ctx.config
+    cfg = ctx.config  # a DemoTrain, or any section with an `lr` (the CLI tests use posttrain.rl)
+    iterations, sleep_s = getattr(cfg, "iterations", 3), getattr(cfg, "sleep_s", 0.0)
     nums = json.loads((ctx.inputs["numbers"].local_path() / "numbers.json").read_text())
     ckpt = f"{ctx.checkpoint_dir}/state.json"
     fs, path = fsspec.core.url_to_fs(ckpt)
     state = json.loads(fs.cat_file(path)) if fs.exists(path) else {"it": 0, "w": 0.0, "resumed_from": 0}
     state["resumed_from"] = state["it"]
-    for it in range(state["it"], cfg.iterations):
+    for it in range(state["it"], iterations):
         state["w"] += cfg.lr * sum(nums) / len(nums)
         state["it"] = it + 1
-        time.sleep(cfg.sleep_s)
+        time.sleep(sleep_s)
         fs.pipe_file(path, json.dumps(state).encode())  # progress a restarted step resumes from
         ctx.log_metrics({"w": state["w"]}, step=it)
     out = ctx.output_dir("model", format="json")
-    (out / "weights.json").write_text(json.dumps({"w": state["w"], "iterations": cfg.iterations}))
+    (out / "weights.json").write_text(json.dumps({"w": state["w"], "iterations": iterations}))
     (out / "progress.json").write_text(json.dumps({"resumed_from": state["resumed_from"]}))
 
 
@@ -83,13 +84,24 @@ def steps(source: str, make_cfg: dict | None = None, train_cfg: dict | None = No
     ]
 
 
+def build_from_recipe(source: str):
+    """A registry-style builder: demo.train reads the recipe's posttrain.rl section (for CLI tests)."""
+
+    def build(recipe) -> list[Step]:
+        make_step, train_step = steps(source)
+        train_step.config, train_step.config_path = recipe.posttrain.rl, "posttrain.rl"
+        return [make_step, train_step]
+
+    return build
+
+
 def main(argv: list[str]) -> None:
     from herd.platform.config import RuntimeConfig
     from herd.platform.runner import Runner
     from herd.platform.runtime import Runtime
 
     home, address, source, iterations, sleep_s = argv[:5]
-    rt = Runtime(RuntimeConfig(home=home), address=address)
+    rt = Runtime(RuntimeConfig(home=home), address=address or None)
     Runner(rt, progress=True).run(steps(source, train_cfg={"iterations": int(iterations),
                                                            "sleep_s": float(sleep_s)}))
     rt.stop()
