@@ -6,6 +6,7 @@ For the teacher and the student of the `tiny` recipe, one process with `--thread
 Train worker's share of a 2-core box) runs herd's training loop (herd.train.loop.Trainer: AdamW + MetaP groups,
 schedule, clipping, MoE stats) on packed rows of seq_len tokens, and, as the reference, a plain training step of
 transformers' Llama4ForCausalLM built from the same config.json and weights (save_hf) on the same batches.
+Also the codistillation step (student + frozen teacher forward on the fly) vs the student alone.
 Reported: tokens/s, MFU (6*N_active + attention FLOPs per token, herd.model.ModelConfig.flops_per_token, over
 the measured matmul peak), the herd/transformers speed ratio, and bf16-autocast vs fp32.
 """
@@ -20,8 +21,9 @@ import torch
 
 from herd.model import Llama4, save_hf
 from herd.platform.config import load_recipe
+from herd.train.config import AlphaConfig
 from herd.train.loop import Trainer, cpu_has_native_bf16
-from herd.train.losses import CrossEntropyObjective
+from herd.train.losses import CodistillObjective, CrossEntropyObjective
 from herd.train.metrics import matmul_peak_flops
 
 
@@ -44,12 +46,14 @@ class _Rows:
         return None
 
 
-def herd_tokens_per_s(mcfg, section, steps: int, precision: str) -> float:
+def herd_tokens_per_s(mcfg, section, steps: int, precision: str, teacher=None) -> float:
     cfg = section.model_copy(update={"steps": steps + 2, "precision": precision, "eval_batches": 0,
                                      "log_every": 1})
     cfg.schedule.warmup_steps = 1
     rows = _Rows(cfg.micro_batch_size, 256, mcfg.vocab_size)
-    t = Trainer(Llama4(mcfg), CrossEntropyObjective(), rows, cfg, device=torch.device("cpu"), config_hash="b")
+    objective = CrossEntropyObjective() if teacher is None else \
+        CodistillObjective(Llama4(teacher), 2.0, AlphaConfig(rule="dynamic"))
+    t = Trainer(Llama4(mcfg), objective, rows, cfg, device=torch.device("cpu"), config_hash="b")
     for _ in range(2):  # warm-up steps (allocator, oneDNN kernels)
         t.train_step()
     t0 = time.perf_counter()
@@ -106,6 +110,13 @@ def main() -> None:
         hf = hf_tokens_per_s(m, recipe.pretrain.micro_batch_size, args.steps)
         print(f"| {name} | {m.num_params() / 1e6:.1f}M ({m.num_active_params() / 1e6:.1f}M) | {f32:,.0f} | "
               f"{f32 * fpt / peak32:.1%} | {b16:,.0f} | {b16 / f32:.2f}x | {hf:,.0f} | {f32 / hf:.2f}x |")
+    # codistillation with teacher logits on the fly: the student's step plus a frozen-teacher forward
+    s, t = recipe.models["student"], recipe.models["teacher"]
+    hard = herd_tokens_per_s(s, recipe.distill, args.steps, "fp32")
+    onfly = herd_tokens_per_s(s, recipe.distill, args.steps, "fp32", teacher=t)
+    fpt = 3 * s.flops_per_token(256) + t.flops_per_token(256)
+    print(f"\ndistill student, fp32: hard labels {hard:,.0f} tok/s; codistill with the teacher on the fly "
+          f"{onfly:,.0f} tok/s ({onfly / hard:.2f}x, MFU {onfly * fpt / peak32:.1%} counting the teacher forward)")
 
 
 if __name__ == "__main__":
