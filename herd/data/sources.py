@@ -148,6 +148,7 @@ def describe_files(
 def fingerprint(source: SourceConfig, storage_options: dict[str, Any] | None = None) -> list[list[Any]]:
     """Cheap change detector (no reads): [url, size, ETag or mtime] per file. Feeds the clean step's cache key."""
     fs, _ = fsspec.core.url_to_fs(source.uri, **(storage_options or {}))
+    fs.invalidate_cache()  # s3fs caches listings per process: a changed bucket must be seen
     out = []
     for sf in describe_files(source, storage_options, digest=False):
         info = fs.info(sf.url)
@@ -246,22 +247,35 @@ def _read_jsonl(
         yield _row_to_item(row, source, name, origin)
 
 
-def _lines(f: Any, max_line_bytes: int) -> Iterator[bytes | int]:
-    """Lines of a binary file; a line longer than max_line_bytes comes back as its length (an int)."""
+def _lines(f: Any, max_line_bytes: int, chunk: int = 1 << 20) -> Iterator[bytes | int]:
+    """Lines of a binary file (read in chunks: fsspec files have no bounded readline); a line longer than
+    max_line_bytes comes back as its length (an int) and is never held in memory whole."""
+    buf = b""
+    skipping = 0  # > 0 while draining an over-long line: bytes seen so far
     while True:
-        line = f.readline(max_line_bytes + 1)
-        if not line:
+        data = f.read(chunk)
+        if not data:
+            if skipping:
+                yield skipping + len(buf)
+            elif buf:
+                yield buf
             return
-        if len(line) > max_line_bytes and not line.endswith(b"\n"):
-            n = len(line)
-            while True:  # drain the rest of the over-long line in bounded pieces
-                rest = f.readline(1 << 20)
-                n += len(rest)
-                if not rest or rest.endswith(b"\n"):
-                    break
-            yield n
-        else:
-            yield line
+        buf += data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if skipping or len(buf) > max_line_bytes:
+                    skipping += len(buf)
+                    buf = b""
+                break
+            line, buf = buf[: nl + 1], buf[nl + 1 :]
+            if skipping:
+                yield skipping + len(line)
+                skipping = 0
+            elif len(line) > max_line_bytes:
+                yield len(line)
+            else:
+                yield line
 
 
 def _read_parquet(f: Any, url: str, source: SourceConfig, name: str) -> Iterator[Record | Reject]:
