@@ -26,11 +26,12 @@ class Progress:
     def header(self, **where: str) -> None:
         if not self.enabled:
             return
-        dash, token = where.get("dashboard"), where.get("token")
-        if dash:
-            self.console.print(f"Ray dashboard  {dash}  (token auth; token in {token})", soft_wrap=True)
         self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)", soft_wrap=True)
         self.console.print(f"Artifacts      {where.get('store')}", soft_wrap=True)
+
+    def ray(self, dashboard: str, token: str) -> None:
+        if self.enabled and dashboard:
+            self.console.print(f"Ray dashboard  {dashboard}  (token auth; token in {token})", soft_wrap=True)
 
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:

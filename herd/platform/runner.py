@@ -178,10 +178,9 @@ class Runner:
         ordered = order_steps(steps, targets)
         t0 = time.monotonic()
         result = RunResult()
-        ray_info = self.rt.start()
+        self.rt.prepare()  # Ray itself starts only when a step has to run: a cached pipeline takes seconds
         progress = Progress([s.name for s in ordered], enabled=self.show_progress)
-        progress.header(dashboard=ray_info.dashboard_url, token=ray_info.token_path,
-                        tracking=self.rt.tracking_uri, store=self.store.root)
+        progress.header(tracking=self.rt.tracking_uri, store=self.store.root)
         sink = _MetricSink(self)
         known: dict[str, dict[str, str]] = {}
         remaining = list(ordered)
@@ -205,6 +204,7 @@ class Runner:
                                 result.records[step.name] = done
                                 progress.update(step.name, "reused", where=f"run {done.run_id}")
                                 continue
+                            self._ensure_ray(progress)
                             fut = pool.submit(self._execute, step, rec, known, sink, recipe_source, result,
                                               progress)
                             running[fut] = step
@@ -241,6 +241,11 @@ class Runner:
         if failures:
             raise failures[0]
         return result
+
+    def _ensure_ray(self, progress: Progress) -> None:
+        if self.rt.ray is None:
+            info = self.rt.start()
+            progress.ray(info.dashboard_url, info.token_path)
 
     def _flow_run(self, flow: str, recipe_source: str, result: RunResult) -> str:
         with self._lock:

@@ -112,10 +112,16 @@ class Runtime:
         return {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
 
     # ---------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> RayInfo:
-        """Create HERD_HOME, set the env, and attach to (or start) Ray."""
+    def prepare(self) -> None:
+        """Create HERD_HOME and set the process env (token path, telemetry off, Train report interval)."""
         self.home.mkdir(parents=True, exist_ok=True)
         base_env(self.home)
+
+    def start(self) -> RayInfo:
+        """Prepare, then attach to (or start) Ray. Idempotent."""
+        if self.ray is not None:
+            return self.ray
+        self.prepare()
         import ray
 
         token = os.environ.get("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN (env)")
