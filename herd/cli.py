@@ -180,8 +180,8 @@ class Fmt(str, Enum):
 
 
 @app.command()
-def lineage(ident: Annotated[str, typer.Argument(metavar="ID", help="Artifact digest (>= 8 chars) or MLflow "
-                                                 "LoggedModel id (m-...).")],
+def lineage(ident: Annotated[str, typer.Argument(metavar="ID", help="Artifact digest (>= 8 chars), MLflow "
+                                                 "LoggedModel id (m-...) or a step's run id.")],
             down: Annotated[bool, typer.Option("--down", help="What was made from ID (default: what made "
                                                "ID, up to the raw sources).")] = False,
             fmt: Annotated[Fmt, typer.Option("--format", "-f", help="text | json | mermaid")] = Fmt.text,

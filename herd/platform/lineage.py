@@ -10,8 +10,8 @@ outputs of that run (``log_outputs``: creating a model does not link it) and as 
 
 Read side, ``LineageReader``: ``up(id)`` answers what made artifact/model X and from what, down to the raw
 sources; ``down(id)`` what was made from X. Ids: an artifact digest (or a unique prefix of >= 8 chars), a
-LoggedModel id (``m-...``), or a run id. Works the same on sqlite and an ``mlflow server``. Rendering:
-``render_text``, ``to_mermaid``; the trees are plain dicts for ``--format json``.
+LoggedModel id (``m-...``), or the run id of a step with one output. Works the same on sqlite and an
+``mlflow server``. Rendering: ``render_text``, ``to_mermaid``; the trees are plain dicts for ``--format json``.
 """
 
 from __future__ import annotations
@@ -198,6 +198,18 @@ class LineageReader:
                 return self.client.get_logged_model(ident).tags["herd.digest"]
             except (MlflowException, KeyError):
                 raise LineageError(f"{ident} is not a herd model in this MLflow") from None
+        if len(ident) == 32 and all(c in "0123456789abcdef" for c in ident):  # a step run id
+            from mlflow.exceptions import MlflowException
+
+            try:
+                outs = json.loads(self.client.get_run(ident).data.tags.get("herd.outputs", "{}"))
+            except MlflowException:
+                outs = {}
+            if len(outs) == 1:
+                return next(iter(outs.values()))
+            if outs:
+                raise LineageError(f"run {ident} made {len(outs)} artifacts; pick one: "
+                                   + ", ".join(f"{n}={d[:12]}" for n, d in sorted(outs.items())))
         runs = self._runs(f"tags.`herd.outputs` LIKE '%{ident}%'") if len(ident) >= 8 else []
         hits = {d for r in runs for d in json.loads(r.data.tags["herd.outputs"]).values() if d.startswith(ident)}
         if len(hits) == 1:

@@ -44,6 +44,7 @@ def test_walk_up_and_down_returns_exactly_what_ran(ray_local, herd_home, tmp_pat
     assert source["uri"] == str(src) and source["name"] == "raw-numbers"
     assert steps_in(up) == ["demo.train", "demo.make"]
     assert reader.up(model[:12]) == up  # by digest prefix
+    assert reader.up(train_run) == up  # by the step run id
 
     down = reader.down(numbers)
     assert [r["run_id"] for r in down["used_by"]] == [train_run]
