@@ -114,3 +114,13 @@ def test_cli_recipe_show_list_and_version():
     assert res.exit_code == 0 and all(n in res.output for n in ("tiny", "scout", "maverick"))
     res = cli.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.startswith("herd ")
+
+
+def test_scout_and_maverick_have_llama4_sizes():
+    """Text-decoder sizes match Meta's published 17B-active / 109B and 400B-total figures."""
+    for name, total in (("scout", 107.8e9), ("maverick", 400.7e9)):
+        text = load_recipe(name).models["student"].model_copy(update={"vision": None})
+        assert text.num_params() == pytest.approx(total, rel=0.01)
+        assert text.num_active_params() == pytest.approx(17.2e9, rel=0.01)
+        teacher = load_recipe(name).models["teacher"].model_copy(update={"vision": None})
+        assert teacher.num_active_params() > 10 * text.num_active_params()
