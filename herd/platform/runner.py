@@ -186,6 +186,7 @@ class Runner:
         remaining = list(ordered)
         running: dict[Future, Step] = {}
         failures: list[StepFailed] = []
+        aborted = False
         pool = ThreadPoolExecutor(max_workers=max(1, len(ordered)), thread_name_prefix="herd-step")
         try:
             with progress:
@@ -230,8 +231,14 @@ class Runner:
                         result.executed.append(step.name)
                         result.records[step.name] = rec
                         progress.update(step.name, "done")
+        except BaseException:  # Ctrl-C or a driver-side error: do not wait for running steps
+            aborted = True
+            for run_id in result.flow_runs.values():
+                self.lineage.end_run(run_id, "KILLED")
+            result.flow_runs.clear()
+            raise
         finally:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=not aborted, cancel_futures=aborted)
             sink.close()
             for flow, run_id in result.flow_runs.items():
                 self.lineage.end_run(run_id, "FAILED" if any(f.step.startswith(flow + ".") for f in failures)
@@ -311,16 +318,17 @@ class _MetricSink:
         self._queue: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
 
     def logger(self, run_id: str) -> MetricLogger:
-        if self._queue is None:
-            from ray.util.queue import Queue
+        with self._write_lock:  # steps start from several threads
+            if self._queue is None:
+                from ray.util.queue import Queue
 
-            self._queue = Queue(actor_options={"num_cpus": 0})
-            self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="herd-metrics")
-            self._thread.start()
-        return MetricLogger(self._queue, run_id)
+                self._queue = Queue(actor_options={"num_cpus": 0})
+                self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="herd-metrics")
+                self._thread.start()
+            return MetricLogger(self._queue, run_id)
 
     def _drain_loop(self) -> None:
         while not self._stop.is_set():
