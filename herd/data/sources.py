@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -95,7 +95,11 @@ class SourceFile:
     format: str
     size: int
     sha256: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # names the file in origins when its url is a machine-local detail (the synthetic corpus)
+
+    @property
+    def origin(self) -> str:
+        return self.label or self.url
 
 
 def _format_for(path: str, declared: str) -> str | None:
@@ -312,23 +316,23 @@ def read_source(
     for sf in files:
         with fsspec.open(sf.url, "rb", **(storage_options or {})) as f:
             if sf.format == "jsonl":
-                yield from _read_jsonl(f, sf.url, source, name, max_line_bytes)
+                yield from _read_jsonl(f, sf.origin, source, name, max_line_bytes)
             elif sf.format == "parquet":
-                yield from _read_parquet(f, sf.url, source, name)
+                yield from _read_parquet(f, sf.origin, source, name)
             elif sf.format == "text":
                 data = f.read(max_line_bytes + 1)
                 if len(data) > max_line_bytes:
-                    yield Reject(name, sf.url, TOO_LONG, f"text file over max_line_bytes={max_line_bytes}")
+                    yield Reject(name, sf.origin, TOO_LONG, f"text file over max_line_bytes={max_line_bytes}")
                     continue
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield Reject(name, sf.url, UNDECODABLE, str(e), data[:200].decode("utf-8", "replace"))
+                    yield Reject(name, sf.origin, UNDECODABLE, str(e), data[:200].decode("utf-8", "replace"))
                     continue
                 if not text.strip():
-                    yield Reject(name, sf.url, EMPTY, "empty text file")
+                    yield Reject(name, sf.origin, EMPTY, "empty text file")
                 else:
-                    yield Record(name, sf.url, text=text)
+                    yield Record(name, sf.origin, text=text)
             else:
                 raise SourceError(f"unknown format {sf.format!r} for {sf.url}")
 
@@ -347,11 +351,12 @@ def resolve_sources(
             local = src.model_copy(
                 update={"uri": str(synthetic_dir), "name": src.display_name, "format": "jsonl"}
             )
-            files = [
-                f
-                for f in describe_files(local)
-                if f.url.rsplit("/", 1)[-1] in ("documents.jsonl", "chats.jsonl")
-            ]
+            files = []
+            for f in describe_files(local):
+                base = f.url.rsplit("/", 1)[-1]
+                if base in ("documents.jsonl", "chats.jsonl"):
+                    f.label = f"synthetic/{base}"  # stable origins: the val split and mixing hash them
+                    files.append(f)
             out.append((local, files))
         else:
             out.append((src, describe_files(src, storage_options)))
