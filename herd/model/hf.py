@@ -198,7 +198,10 @@ def load_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str |
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointError(f"no config.json in {path}: pass a Hugging Face checkpoint directory")
-    cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+    try:
+        cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+    except ValueError as e:  # pydantic's ValidationError included
+        raise CheckpointError(f"{path / 'config.json'} is not a Llama 4 config herd can build: {e}") from e
     sd = to_herd_keys(_read_tensors(path), cfg)
     if cfg.vision is None:
         sd = {k: v for k, v in sd.items() if not k.startswith(("vision_model.", "multi_modal_projector."))}

@@ -89,19 +89,29 @@ class Experts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """``x_sorted`` holds token copies grouped by expert, ``counts[e]`` rows for expert e."""
-        # split/unbind (not x[a:b], W[e]): their backward writes every group's gradient in ONE cat/stack, where
-        # per-expert slicing would materialise a full-size zero gradient per expert and add them up
-        groups = x_sorted.split(counts)
-        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
-        outs = []
+        # with autograd, split/unbind (not x[a:b], W[e]): their backward writes every group's gradient in ONE
+        # cat/stack, where per-expert slicing would materialise a full-size zero gradient per expert and add them
+        # up; without autograd, plain indexing avoids creating E views per call (decoding)
+        grad = torch.is_grad_enabled()
+        groups = x_sorted.split(counts) if grad else None
+        gate_up = self.gate_up_proj.unbind(0) if grad else self.gate_up_proj
+        down = self.down_proj.unbind(0) if grad else self.down_proj
+        outs, start = [], 0
         for e, n in enumerate(counts):
             if n == 0:  # never touch an expert that got no tokens
                 continue
-            gate, up = (groups[e] @ gate_up[e]).chunk(2, dim=-1)
+            xe = groups[e] if groups is not None else x_sorted[start:start + n]
+            start += n
+            gate, up = (xe @ gate_up[e]).chunk(2, dim=-1)
             outs.append((F.silu(gate) * up) @ down[e])
         if not outs:
             return x_sorted.new_zeros(0, self.down_proj.shape[-1])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def one(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert ``e`` on ``x`` (decoding a single token)."""
+        gate, up = (x @ self.gate_up_proj[e]).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.down_proj[e]
 
 
 class MoE(nn.Module):
@@ -133,8 +143,7 @@ class MoE(nn.Module):
 
         counts_t = torch.bincount(idx.reshape(-1), minlength=E)
         if T * K == 1:  # one token, one expert (batch-1 decoding): no sorting or permuting
-            chosen = int(idx)
-            routed = self.experts(x * scores, [int(e == chosen) for e in range(E)])
+            routed = self.experts.one(x * scores, int(idx))
         else:
             routed = self._dispatch(x, idx, scores, counts_t)
         shared = self.shared_expert(x)  # under bf16 autocast this is bf16 while x (the residual) stays fp32
