@@ -33,10 +33,20 @@ from herd.model.generate import SamplingParams, generate
 
 def bench_config(quick: bool) -> ModelConfig:
     return ModelConfig(
-        vocab_size=8192, hidden_size=256, num_hidden_layers=2 if quick else 4, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=32, intermediate_size=512, intermediate_size_mlp=1024,
-        num_local_experts=16, num_experts_per_tok=1, interleave_moe_layer_step=1, attention_chunk_size=128,
-        max_position_embeddings=4096, initializer_range=0.05,
+        vocab_size=8192,
+        hidden_size=256,
+        num_hidden_layers=2 if quick else 4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=512,
+        intermediate_size_mlp=1024,
+        num_local_experts=16,
+        num_experts_per_tok=1,
+        interleave_moe_layer_step=1,
+        attention_chunk_size=128,
+        max_position_embeddings=4096,
+        initializer_range=0.05,
     )
 
 
@@ -106,8 +116,10 @@ def main() -> None:
     ids = torch.randint(13, cfg.vocab_size, (args.batch, args.seq + 1))
     herd.train()
     hf.train()
-    t = interleaved({"herd": lambda: train_step(herd, ids, autocast),
-                     "transformers": lambda: train_step(hf, ids, None)}, args.reps)
+    t = interleaved(
+        {"herd": lambda: train_step(herd, ids, autocast), "transformers": lambda: train_step(hf, ids, None)},
+        args.reps,
+    )
     tokens = args.batch * args.seq
     flops = 3 * cfg.flops_per_token(args.seq) * tokens  # backward = 2 x forward
     train = {k: {"step_s": v, "tokens_per_s": tokens / v, "tflops": flops / v / 1e12} for k, v in t.items()}
@@ -125,9 +137,14 @@ def main() -> None:
 
     def run_hf() -> None:
         with torch.inference_mode():
-            out = hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None,
-                              pad_token_id=cfg.pad_token_id)
-        got["transformers"] = out[0, args.prompt:].tolist()
+            out = hf.generate(
+                prompt,
+                max_new_tokens=args.new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=cfg.pad_token_id,
+            )
+        got["transformers"] = out[0, args.prompt :].tolist()
 
     d = interleaved({"herd": run_herd, "transformers": run_hf}, max(2, args.reps - 2))
     decode = {k: {"s": v, "tokens_per_s": args.new_tokens / v} for k, v in d.items()}
@@ -136,28 +153,54 @@ def main() -> None:
     same = got["herd"] == got["transformers"]
 
     result = {
-        "config": {k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                                "num_attention_heads", "num_key_value_heads", "head_dim",
-                                                "intermediate_size", "num_local_experts", "num_experts_per_tok",
-                                                "attention_chunk_size")},
-        "params_total": cfg.num_params(), "params_active": cfg.num_active_params(),
-        "batch": args.batch, "seq": args.seq, "threads": torch.get_num_threads(),
-        "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "herd_train_dtype": train_dtype,
-        "train": train, "train_speedup": t["transformers"] / t["herd"],
-        "decode": decode, "decode_speedup": d["transformers"] / d["herd"], "decode_tokens_equal": same,
+        "config": {
+            k: getattr(cfg, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "intermediate_size",
+                "num_local_experts",
+                "num_experts_per_tok",
+                "attention_chunk_size",
+            )
+        },
+        "params_total": cfg.num_params(),
+        "params_active": cfg.num_active_params(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": torch.get_num_threads(),
+        "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+        "herd_train_dtype": train_dtype,
+        "train": train,
+        "train_speedup": t["transformers"] / t["herd"],
+        "decode": decode,
+        "decode_speedup": d["transformers"] / d["herd"],
+        "decode_tokens_equal": same,
     }
     print(json.dumps(result, indent=2))
     print()
     print("| measurement | herd | transformers | ratio |")
     print("|---|---|---|---|")
-    print(f"| train tokens/s (fwd+bwd, B={args.batch}, S={args.seq}) | {train['herd']['tokens_per_s']:.0f} "
-          f"| {train['transformers']['tokens_per_s']:.0f} | {result['train_speedup']:.2f}x |")
-    print(f"| train MFU vs {train_dtype} matmul peak | {train['herd']['mfu']:.1%} "
-          f"| {train['transformers']['mfu']:.1%} | |")
-    print(f"| decode tokens/s (batch 1, {args.new_tokens} new) | {decode['herd']['tokens_per_s']:.1f} "
-          f"| {decode['transformers']['tokens_per_s']:.1f} | {result['decode_speedup']:.2f}x |")
-    print(f"| matmul peak TFLOP/s fp32 / bf16 | {peaks['float32'] / 1e12:.3f} / {peaks['bfloat16'] / 1e12:.3f} "
-          "| | |")
+    print(
+        f"| train tokens/s (fwd+bwd, B={args.batch}, S={args.seq}) | {train['herd']['tokens_per_s']:.0f} "
+        f"| {train['transformers']['tokens_per_s']:.0f} | {result['train_speedup']:.2f}x |"
+    )
+    print(
+        f"| train MFU vs {train_dtype} matmul peak | {train['herd']['mfu']:.1%} "
+        f"| {train['transformers']['mfu']:.1%} | |"
+    )
+    print(
+        f"| decode tokens/s (batch 1, {args.new_tokens} new) | {decode['herd']['tokens_per_s']:.1f} "
+        f"| {decode['transformers']['tokens_per_s']:.1f} | {result['decode_speedup']:.2f}x |"
+    )
+    print(
+        f"| matmul peak TFLOP/s fp32 / bf16 | {peaks['float32'] / 1e12:.3f} / {peaks['bfloat16'] / 1e12:.3f} "
+        "| | |"
+    )
     if not same:
         print("WARNING: herd and transformers generated different tokens")
 

@@ -1,8 +1,8 @@
 """herd.model: Llama 4 (text decoder, early-fusion vision, MoE) in single-device PyTorch.
 
-    from herd.model import ModelConfig, Llama4, save_hf, load_hf
-    model = Llama4(ModelConfig())
-    out = model(input_ids)            # out.logits, out.aux_loss, out.router_stats
+from herd.model import ModelConfig, Llama4, save_hf, load_hf
+model = Llama4(ModelConfig())
+out = model(input_ids)            # out.logits, out.aux_loss, out.router_stats
 """
 
 from herd.model.config import ModelConfig, RopeParameters
@@ -11,4 +11,14 @@ from herd.model.hf import CheckpointError, load_hf, save_hf
 from herd.model.moe import RouterStats
 from herd.model.vision_config import VisionConfig
 
-__all__ = ["CheckpointError", "Llama4", "Llama4Output", "ModelConfig", "RopeParameters", "RouterStats", "VisionConfig", "load_hf", "save_hf"]
+__all__ = [
+    "CheckpointError",
+    "Llama4",
+    "Llama4Output",
+    "ModelConfig",
+    "RopeParameters",
+    "RouterStats",
+    "VisionConfig",
+    "load_hf",
+    "save_hf",
+]

@@ -35,8 +35,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: i
     With ``chunk`` set, query i attends key j iff j <= i and both lie in the same aligned block [nC, (n+1)C)."""
     B, S, nH, D = q.shape
     if chunk is None or S <= chunk:
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=True)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+        )
         return o.transpose(1, 2)
     n = -(-S // chunk)
     pad = n * chunk - S
@@ -56,7 +57,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
         self.use_rope = cfg.uses_rope(layer_idx)
         self.use_qk_norm = cfg.use_qk_norm and self.use_rope
         self.temperature = cfg.attn_temperature_tuning and not self.use_rope
@@ -68,8 +73,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(H, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, H, bias=False)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, positions: torch.Tensor,
-                kv: KVStore | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, positions: torch.Tensor, kv: KVStore | None = None
+    ) -> torch.Tensor:
         """x (B, S, H); freqs (B or 1, S, D/2) complex RoPE rotations; positions (B or 1, S) token indices."""
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
@@ -77,7 +83,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
         if self.use_rope:
             q, k = apply_rope(q, freqs), apply_rope(k, freqs)
-            if self.use_qk_norm:  # weightless RMS norm in fp32, after RoPE (not an L2 norm despite HF's class name)
+            if (
+                self.use_qk_norm
+            ):  # weightless RMS norm in fp32, after RoPE (not an L2 norm despite HF's class name)
                 q = F.rms_norm(q.float(), (self.head_dim,), eps=self.eps).type_as(q)
                 k = F.rms_norm(k.float(), (self.head_dim,), eps=self.eps).type_as(k)
         elif self.temperature:

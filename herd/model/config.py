@@ -24,15 +24,49 @@ from herd.model.vision_config import VisionConfig
 
 # config.json keys transformers writes that are derived from other fields or do not affect the forward pass.
 _HF_IGNORED_KEYS = {
-    "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache", "layer_types",
-    "output_router_logits", "router_jitter_noise", "_name_or_path", "attention_dropout", "attention_bias",
-    "hidden_act", "for_llm_compressor", "output_attentions", "output_hidden_states", "return_dict",
-    "cache_implementation", "fixed_size_rope", "multi_modal_projector_bias", "id2label", "label2id",
-    "problem_type", "tokenizer_class", "chunk_size_feed_forward", "is_encoder_decoder", "add_cross_attention",
-    "tie_encoder_decoder", "pruned_heads", "torchscript", "finetuning_task",
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "layer_types",
+    "output_router_logits",
+    "router_jitter_noise",
+    "_name_or_path",
+    "attention_dropout",
+    "attention_bias",
+    "hidden_act",
+    "for_llm_compressor",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "cache_implementation",
+    "fixed_size_rope",
+    "multi_modal_projector_bias",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "tokenizer_class",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "pruned_heads",
+    "torchscript",
+    "finetuning_task",
 }
-_HF_TOP_LEVEL_IGNORED = {"architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
-                         "tie_word_embeddings", "_name_or_path", "text_config", "vision_config"}
+_HF_TOP_LEVEL_IGNORED = {
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "tie_word_embeddings",
+    "_name_or_path",
+    "text_config",
+    "vision_config",
+}
 
 
 class RopeParameters(BaseModel):
@@ -43,20 +77,30 @@ class RopeParameters(BaseModel):
     rope_type: Literal["default", "llama3"] = "default"
     rope_theta: float = Field(500000.0, gt=0, description="RoPE base θ.")
     factor: float | None = Field(None, gt=0, description="llama3: divide low frequencies by this factor.")
-    low_freq_factor: float | None = Field(None, gt=0, description="llama3: wavelengths above N0/low are scaled.")
-    high_freq_factor: float | None = Field(None, gt=0, description="llama3: wavelengths below N0/high are kept.")
+    low_freq_factor: float | None = Field(
+        None, gt=0, description="llama3: wavelengths above N0/low are scaled."
+    )
+    high_freq_factor: float | None = Field(
+        None, gt=0, description="llama3: wavelengths below N0/high are kept."
+    )
     original_max_position_embeddings: int | None = Field(
-        None, gt=0, description="llama3: N0, the context the base frequencies were trained for "
-        "(transformers fills it from max_position_embeddings when absent)."
+        None,
+        gt=0,
+        description="llama3: N0, the context the base frequencies were trained for "
+        "(transformers fills it from max_position_embeddings when absent).",
     )
 
     @model_validator(mode="after")
     def _llama3_complete(self) -> RopeParameters:
         if self.rope_type == "llama3":
-            missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if getattr(self, k) is None]
+            missing = [
+                k for k in ("factor", "low_freq_factor", "high_freq_factor") if getattr(self, k) is None
+            ]
             if missing:
-                raise ValueError(f"rope_type 'llama3' needs {missing}; e.g. factor=8, low_freq_factor=1, "
-                                 "high_freq_factor=4 (Llama 4 Scout)")
+                raise ValueError(
+                    f"rope_type 'llama3' needs {missing}; e.g. factor=8, low_freq_factor=1, "
+                    "high_freq_factor=4 (Llama 4 Scout)"
+                )
             if self.high_freq_factor < self.low_freq_factor:  # type: ignore[operator]
                 raise ValueError("high_freq_factor must be >= low_freq_factor")
         return self
@@ -73,10 +117,18 @@ class ModelConfig(BaseModel):
     num_hidden_layers: int = Field(4, gt=0, description="Decoder layers L.")
     num_attention_heads: int = Field(4, gt=0, description="Query heads nH.")
     num_key_value_heads: int = Field(2, gt=0, description="Key/value heads nKV (GQA); must divide nH.")
-    head_dim: int = Field(0, ge=0, description="Per-head width D (even). 0 derives hidden_size // heads; "
-                          "written explicitly to config.json because transformers' default is 128.")
-    intermediate_size: int = Field(512, gt=0, description="Width of each routed expert and the shared expert.")
-    intermediate_size_mlp: int = Field(1024, gt=0, description="Width of the dense SwiGLU MLP on non-MoE layers.")
+    head_dim: int = Field(
+        0,
+        ge=0,
+        description="Per-head width D (even). 0 derives hidden_size // heads; "
+        "written explicitly to config.json because transformers' default is 128.",
+    )
+    intermediate_size: int = Field(
+        512, gt=0, description="Width of each routed expert and the shared expert."
+    )
+    intermediate_size_mlp: int = Field(
+        1024, gt=0, description="Width of the dense SwiGLU MLP on non-MoE layers."
+    )
     max_position_embeddings: int = Field(4096, gt=0, description="Longest context (RoPE llama3 default N0).")
     rms_norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm and of the q/k norm.")
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of every weight.")
@@ -85,17 +137,32 @@ class ModelConfig(BaseModel):
     num_local_experts: int = Field(4, gt=0, description="Routed experts E per MoE layer.")
     num_experts_per_tok: int = Field(1, gt=0, description="Top-k experts per token (vLLM serves only 1).")
     interleave_moe_layer_step: int = Field(2, ge=1, description="Every step-th layer is MoE (1: all MoE).")
-    moe_layers: list[int] | None = Field(None, description="Explicit MoE layer indices; None derives "
-                                         "range(step-1, L, step) (vLLM only honours the derived rule).")
+    moe_layers: list[int] | None = Field(
+        None,
+        description="Explicit MoE layer indices; None derives "
+        "range(step-1, L, step) (vLLM only honours the derived rule).",
+    )
     # --- attention ---
-    use_qk_norm: bool = Field(True, description="Weightless RMS norm on q and k after RoPE (RoPE layers only).")
-    no_rope_layers: list[int] | None = Field(None, description="Per layer: 1 = uses RoPE, 0 = NoPE (the name "
-                                             "is transformers'). None derives it from no_rope_layer_interval.")
-    no_rope_layer_interval: int = Field(4, ge=1, description="Every interval-th layer is NoPE (full attention).")
-    attention_chunk_size: int | None = Field(128, gt=0, description="RoPE layers attend within aligned chunks "
-                                             "of this many tokens; None: every layer full causal.")
-    attn_temperature_tuning: bool = Field(True, description="Scale NoPE-layer queries by "
-                                          "1 + attn_scale * ln(1 + floor((t + 1) / floor_scale)).")
+    use_qk_norm: bool = Field(
+        True, description="Weightless RMS norm on q and k after RoPE (RoPE layers only)."
+    )
+    no_rope_layers: list[int] | None = Field(
+        None,
+        description="Per layer: 1 = uses RoPE, 0 = NoPE (the name "
+        "is transformers'). None derives it from no_rope_layer_interval.",
+    )
+    no_rope_layer_interval: int = Field(
+        4, ge=1, description="Every interval-th layer is NoPE (full attention)."
+    )
+    attention_chunk_size: int | None = Field(
+        128,
+        gt=0,
+        description="RoPE layers attend within aligned chunks "
+        "of this many tokens; None: every layer full causal.",
+    )
+    attn_temperature_tuning: bool = Field(
+        True, description="Scale NoPE-layer queries by 1 + attn_scale * ln(1 + floor((t + 1) / floor_scale))."
+    )
     floor_scale: int = Field(8192, gt=0, description="Temperature tuning: positions per step of the log.")
     attn_scale: float = Field(0.1, ge=0, description="Temperature tuning: strength of the log term.")
     rope_parameters: RopeParameters = Field(default_factory=RopeParameters)
@@ -108,9 +175,11 @@ class ModelConfig(BaseModel):
     eoi_token_index: int = Field(7, ge=0, description="<|image_end|>.")
     # --- router load balancing (herd training only; not in config.json) ---
     router_balance: Literal["aux_loss", "aux_free", "none"] = Field(
-        "aux_loss", description="aux_loss: switch-style loss x router_aux_loss_coef (exports exactly); aux_free: "
+        "aux_loss",
+        description="aux_loss: switch-style loss x router_aux_loss_coef (exports exactly); aux_free: "
         "DeepSeek-V3 per-expert bias on the top-k choice, updated by update_router_bias() (transformers and vLLM "
-        "route without that bias, so save_hf warns when it is non-zero); none: no balancing.")
+        "route without that bias, so save_hf warns when it is non-zero); none: no balancing.",
+    )
     router_aux_loss_coef: float = Field(0.001, ge=0, description="Weight of the switch load-balancing loss.")
     router_bias_update_rate: float = Field(1e-3, ge=0, description="aux_free: bias step per update.")
     # --- vision ---
@@ -133,7 +202,12 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
-        H, nH, nKV, L = self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.num_hidden_layers
+        H, nH, nKV, L = (
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.num_hidden_layers,
+        )
         if H % nH:
             raise ValueError(f"num_attention_heads ({nH}) must divide hidden_size ({H})")
         if nH % nKV:
@@ -141,13 +215,16 @@ class ModelConfig(BaseModel):
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even: RoPE rotates (2i, 2i+1) pairs")
         if self.num_experts_per_tok > self.num_local_experts:
-            raise ValueError(f"num_experts_per_tok ({self.num_experts_per_tok}) must be <= num_local_experts "
-                             f"({self.num_local_experts})")
+            raise ValueError(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) must be <= num_local_experts "
+                f"({self.num_local_experts})"
+            )
         if self.moe_layers is not None and any(not 0 <= i < L for i in self.moe_layers):
             raise ValueError(f"moe_layers {self.moe_layers} must be layer indices in [0, {L})")
         if self.no_rope_layers and (len(self.no_rope_layers) != L or set(self.no_rope_layers) - {0, 1}):
-            raise ValueError(f"no_rope_layers must hold {L} entries of 1 (RoPE) or 0 (NoPE), "
-                             f"got {self.no_rope_layers}")
+            raise ValueError(
+                f"no_rope_layers must hold {L} entries of 1 (RoPE) or 0 (NoPE), got {self.no_rope_layers}"
+            )
         if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
             raise ValueError(f"pad_token_id ({self.pad_token_id}) must be < vocab_size ({self.vocab_size})")
         if self.vision is not None and self.image_token_index >= self.vocab_size:
@@ -211,8 +288,11 @@ class ModelConfig(BaseModel):
         """Forward matmul FLOPs per token (2 per multiply-add), attention over ``seq_len`` context included.
 
         Chunked layers attend to at most ``attention_chunk_size`` keys (on average half a chunk)."""
-        dense = 2 * (self._text_params(active=True) - self.vocab_size * self.hidden_size * (
-            0 if self.tie_word_embeddings else 1) - self.vocab_size * self.hidden_size)
+        dense = 2 * (
+            self._text_params(active=True)
+            - self.vocab_size * self.hidden_size * (0 if self.tie_word_embeddings else 1)
+            - self.vocab_size * self.hidden_size
+        )
         dense += 2 * self.vocab_size * self.hidden_size  # lm_head (the embedding lookup is not a matmul)
         attn = 0
         for i in range(self.num_hidden_layers):
@@ -321,8 +401,9 @@ class ModelConfig(BaseModel):
         fields = {k: v for k, v in d.items() if k in cls.model_fields}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(f"config.json has keys herd's ModelConfig does not know: {unknown}; "
-                             "is this a Llama 4 config?")
+            raise ValueError(
+                f"config.json has keys herd's ModelConfig does not know: {unknown}; is this a Llama 4 config?"
+            )
         cfg = cls(**fields, vision=vision, **overrides)
         # transformers writes the derived layer patterns out; keep them only when they are not the derived ones
         derived = cfg.model_copy(update={"moe_layers": None, "no_rope_layers": None})
@@ -331,4 +412,3 @@ class ModelConfig(BaseModel):
         if cfg.no_rope_layers is not None and cfg.rope_layer_flags == derived.rope_layer_flags:
             cfg = cfg.model_copy(update={"no_rope_layers": None})
         return cfg
-

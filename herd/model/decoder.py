@@ -29,7 +29,9 @@ from herd.model.rope import rope_freqs, rope_inv_freq
 @dataclass
 class Llama4Output:
     logits: torch.Tensor  # (B, S, V)
-    aux_loss: torch.Tensor  # () load-balancing loss summed over MoE layers (0 unless router_balance="aux_loss")
+    aux_loss: (
+        torch.Tensor
+    )  # () load-balancing loss summed over MoE layers (0 unless router_balance="aux_loss")
     router_stats: list[RouterStats] = field(default_factory=list)
 
 
@@ -50,13 +52,15 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, layer_idx)
         self.is_moe = cfg.is_moe_layer(layer_idx)
-        self.feed_forward: MoE | MLP = (MoE(cfg, layer_idx) if self.is_moe
-                                        else MLP(cfg.hidden_size, cfg.intermediate_size_mlp))
+        self.feed_forward: MoE | MLP = (
+            MoE(cfg, layer_idx) if self.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size_mlp)
+        )
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, positions: torch.Tensor, kv: KVStore | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, RouterStats | None]:
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, positions: torch.Tensor, kv: KVStore | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, RouterStats | None]:
         x = x + self.self_attn(self.input_layernorm(x), freqs, positions, kv)
         h = self.post_attention_layernorm(x)
         if self.is_moe:
@@ -128,15 +132,24 @@ class Llama4(nn.Module):
         if pixel_values is None:
             return x
         if self.config.vision is None:
-            raise ValueError("pixel_values given to a text-only model: set ModelConfig.vision to add a vision tower")
+            raise ValueError(
+                "pixel_values given to a text-only model: set ModelConfig.vision to add a vision tower"
+            )
         from herd.model.vision import merge_image_features
 
         feats = self.multi_modal_projector(self.vision_model(pixel_values))
         return merge_image_features(x, input_ids, feats, self.config.image_token_index)
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, *,
-                positions: torch.Tensor | None = None, kv: KVStore | None = None,
-                inputs_embeds: torch.Tensor | None = None, logits_at: torch.Tensor | None = None) -> Llama4Output:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        kv: KVStore | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
+    ) -> Llama4Output:
         """``input_ids`` (B, S). ``positions`` (B, S) defaults to 0..S-1 (a KV cache passes its own).
         ``logits_at`` (B,) computes logits (B, 1, V) at one position per row only (generation: the last real
         token of each right-padded prompt), skipping the vocabulary matmul everywhere else."""

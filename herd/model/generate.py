@@ -35,8 +35,15 @@ from herd.model.decoder import Llama4
 class KVCache:
     """Per-layer static key/value buffers (B, nKV, slots, D) and each row's current length."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, *, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
         self.batch, self.max_len = batch, max_len
         self.chunk: list[int | None] = []
         self.k: list[torch.Tensor] = []
@@ -83,8 +90,9 @@ class KVCache:
             s = slots[0]
             kc[:, :, s] = k[:, 0]
             vc[:, :, s] = v[:, 0]
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :s + 1], vc[:, :, :s + 1],
-                                               enable_gqa=True)
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kc[:, :, : s + 1], vc[:, :, : s + 1], enable_gqa=True
+            )
             return o.transpose(1, 2)
         rows = torch.arange(self.batch, device=q.device)
         slot_t = torch.tensor(slots, device=q.device)
@@ -92,8 +100,13 @@ class KVCache:
         vc[rows, :, slot_t] = v[:, 0]
         width = max(slots) + 1
         mask = torch.arange(width, device=q.device)[None, :] <= slot_t[:, None]  # (B, width): own keys only
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), kc[:, :, :width], vc[:, :, :width],
-                                           attn_mask=mask[:, None, None, :], enable_gqa=True)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            kc[:, :, :width],
+            vc[:, :, :width],
+            attn_mask=mask[:, None, None, :],
+            enable_gqa=True,
+        )
         return o.transpose(1, 2)
 
     def advance(self, rows: Sequence[int] | None = None) -> None:
@@ -101,8 +114,9 @@ class KVCache:
             self.lengths[b] += 1
 
 
-def _right_pad(prompts: Sequence[Sequence[int]] | torch.Tensor, pad: int, device: torch.device
-               ) -> tuple[torch.Tensor, list[int]]:
+def _right_pad(
+    prompts: Sequence[Sequence[int]] | torch.Tensor, pad: int, device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() != 2:
             raise ValueError(f"prompts tensor must be (batch, seq), got shape {tuple(prompts.shape)}")
@@ -112,27 +126,38 @@ def _right_pad(prompts: Sequence[Sequence[int]] | torch.Tensor, pad: int, device
         raise ValueError("every prompt needs at least one token (start it with bos)")
     ids = torch.full((len(prompts), max(lengths)), pad, dtype=torch.long)
     for b, p in enumerate(prompts):
-        ids[b, :len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        ids[b, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
     return ids.to(device), lengths
 
 
-def prefill(model: Llama4, cache: KVCache, prompts: Sequence[Sequence[int]] | torch.Tensor,
-            pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+def prefill(
+    model: Llama4,
+    cache: KVCache,
+    prompts: Sequence[Sequence[int]] | torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run the prompts (token lists of different lengths, or a (B, S) tensor) through the model into an empty
     ``cache``; returns the next-token logits (B, V) at each prompt's last token."""
     device = cache.device
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, lengths = _right_pad(prompts, pad, device)
     if ids.shape[0] != cache.batch or max(lengths) > cache.max_len:
-        raise ValueError(f"{ids.shape[0]} prompts of up to {max(lengths)} tokens do not fit a cache of batch "
-                         f"{cache.batch} and max_len {cache.max_len}")
+        raise ValueError(
+            f"{ids.shape[0]} prompts of up to {max(lengths)} tokens do not fit a cache of batch "
+            f"{cache.batch} and max_len {cache.max_len}"
+        )
     if any(cache.lengths):
         raise ValueError("prefill needs an empty KVCache: create a new one per batch of prompts")
     cache.lengths = list(lengths)
     cache.prefilling = True
     try:
-        out = model(ids, pixel_values, positions=torch.arange(ids.shape[1], device=device)[None], kv=cache,
-                    logits_at=torch.tensor(lengths, device=device) - 1)
+        out = model(
+            ids,
+            pixel_values,
+            positions=torch.arange(ids.shape[1], device=device)[None],
+            kv=cache,
+            logits_at=torch.tensor(lengths, device=device) - 1,
+        )
     finally:
         cache.prefilling = False
     return out.logits[:, 0]
@@ -159,7 +184,9 @@ class SamplingParams:
     stop_tokens: Sequence[int] | None = None  # None: the model's eos_token_id
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Pick one token per row from logits (B, V)."""
     if params.temperature <= 0:
         return logits.argmax(-1)
@@ -184,17 +211,28 @@ class Generation:
 
 
 @torch.inference_mode()
-def generate(model: Llama4, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
-             pixel_values: torch.Tensor | None = None) -> list[Generation]:
+def generate(
+    model: Llama4,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | None = None,
+    pixel_values: torch.Tensor | None = None,
+) -> list[Generation]:
     """Complete every prompt (lists of token ids of any lengths) in one batch; stop tokens end a row early."""
     params = params or SamplingParams()
     if params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0 or params.max_new_tokens < 1:
-        raise ValueError(f"invalid sampling params {params}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                         "max_new_tokens >= 1")
+        raise ValueError(
+            f"invalid sampling params {params}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
+            "max_new_tokens >= 1"
+        )
     ref = next(model.parameters())
     stops = set(model.config.eos_token_id if params.stop_tokens is None else params.stop_tokens)
-    cache = KVCache(model.config, len(prompts), max(len(p) for p in prompts) + params.max_new_tokens,
-                    dtype=ref.dtype, device=ref.device)
+    cache = KVCache(
+        model.config,
+        len(prompts),
+        max(len(p) for p in prompts) + params.max_new_tokens,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=ref.device)

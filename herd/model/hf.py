@@ -35,8 +35,15 @@ MM_TEXT_PREFIX = "language_model."
 _HERD_ONLY = re.compile(r"\.expert_bias$")
 _DROP_ON_LOAD = re.compile(r"(rotary_emb\.(inv_freq|original_inv_freq)|rotary_embedding\.freqs_ci)$")
 _PER_EXPERT = re.compile(r"^(.*\.feed_forward\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                    "chat_template.json", "preprocessor_config.json", "processor_config.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
 
 
 class CheckpointError(ValueError):
@@ -65,9 +72,12 @@ def _warn_router_bias(model: Llama4) -> None:
     biases = [m.expert_bias for m in model.modules() if isinstance(m, MoE)]
     worst = max((float(b.abs().max()) for b in biases), default=0.0)
     if worst > 0:
-        warnings.warn(f"aux-free router biases (max |b| = {worst:.3g}) are not part of the Llama 4 format: "
-                      "transformers and vLLM will route on the raw router logits; train with "
-                      "router_balance='aux_loss' for exactly matching routing after export", stacklevel=3)
+        warnings.warn(
+            f"aux-free router biases (max |b| = {worst:.3g}) are not part of the Llama 4 format: "
+            "transformers and vLLM will route on the raw router logits; train with "
+            "router_balance='aux_loss' for exactly matching routing after export",
+            stacklevel=3,
+        )
 
 
 def _generation_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -96,12 +106,20 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
         tokenizer.save(str(out / "tokenizer.json"))
         (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     else:
-        raise CheckpointError(f"cannot save tokenizer of type {type(tokenizer).__name__}: pass a tokenizer "
-                              "directory, a transformers tokenizer or a tokenizers.Tokenizer")
+        raise CheckpointError(
+            f"cannot save tokenizer of type {type(tokenizer).__name__}: pass a tokenizer "
+            "directory, a transformers tokenizer or a tokenizers.Tokenizer"
+        )
 
 
-def save_hf(model: Llama4, out_dir: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
-            max_shard_bytes: int = 5 * 1024**3) -> Path:
+def save_hf(
+    model: Llama4,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> Path:
     """Write ``model`` as a transformers Llama 4 checkpoint (``Llama4ForCausalLM`` or, with a vision tower,
     ``Llama4ForConditionalGeneration``). ``dtype`` casts floating tensors (e.g. torch.bfloat16 for serving);
     checkpoints above ``max_shard_bytes`` are sharded with a ``model.safetensors.index.json``."""
@@ -114,8 +132,11 @@ def save_hf(model: Llama4, out_dir: str | Path, tokenizer: Any = None, *, dtype:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     weight_dtype = next(iter(tensors.values())).dtype
-    config = {**cfg.to_hf_dict(), "dtype": str(weight_dtype).removeprefix("torch."),
-              "transformers_version": TRANSFORMERS_VERSION}
+    config = {
+        **cfg.to_hf_dict(),
+        "dtype": str(weight_dtype).removeprefix("torch."),
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(_generation_config(cfg), indent=2) + "\n")
 
@@ -138,10 +159,14 @@ def save_hf(model: Llama4, out_dir: str | Path, tokenizer: Any = None, *, dtype:
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(out / name), metadata={"format": "pt"})
             weight_map.update({k: name for k in shard})
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
+            "weight_map": weight_map,
+        }
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    if cfg.vision is not None:  # multimodal: image processor + processor configs (a passed processor overrides)
+    if (
+        cfg.vision is not None
+    ):  # multimodal: image processor + processor configs (a passed processor overrides)
         from herd.model.vision import write_processor_configs
 
         write_processor_configs(cfg.vision, out)
@@ -157,8 +182,10 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     elif (path / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise CheckpointError(f"no model.safetensors (or index) in {path}: is this a Hugging Face checkpoint "
-                              "directory? (.bin checkpoints: re-save them with save_pretrained(safe_serialization))")
+        raise CheckpointError(
+            f"no model.safetensors (or index) in {path}: is this a Hugging Face checkpoint "
+            "directory? (.bin checkpoints: re-save them with save_pretrained(safe_serialization))"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(load_file(str(path / f)))
@@ -173,9 +200,9 @@ def to_herd_keys(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str
         if _DROP_ON_LOAD.search(key):
             continue
         if key.startswith(MM_TEXT_PREFIX):
-            key = key[len(MM_TEXT_PREFIX):]
+            key = key[len(MM_TEXT_PREFIX) :]
         elif key.startswith("model.language_model."):  # newer transformers multimodal layout
-            key = "model." + key[len("model.language_model."):]
+            key = "model." + key[len("model.language_model.") :]
         m = _PER_EXPERT.match(key)
         if m:
             per_expert.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = t
@@ -184,16 +211,20 @@ def to_herd_keys(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str
     for prefix, experts in per_expert.items():
         E = cfg.num_local_experts
         if sorted(experts) != list(range(E)) or any(len(p) != 3 for p in experts.values()):
-            raise CheckpointError(f"{prefix}: per-expert weights must hold gate/up/down for experts 0..{E - 1}")
+            raise CheckpointError(
+                f"{prefix}: per-expert weights must hold gate/up/down for experts 0..{E - 1}"
+            )
         # Linear (out, in) layout -> fused right-multiplied layout: gate_up[e] = [Wg.T | Wu.T], down[e] = Wd.T
         sd[prefix + ".gate_up_proj"] = torch.stack(
-            [torch.cat([experts[e]["gate_proj"].T, experts[e]["up_proj"].T], dim=1) for e in range(E)])
+            [torch.cat([experts[e]["gate_proj"].T, experts[e]["up_proj"].T], dim=1) for e in range(E)]
+        )
         sd[prefix + ".down_proj"] = torch.stack([experts[e]["down_proj"].T for e in range(E)])
     return sd
 
 
-def load_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-            ) -> Llama4:
+def load_hf(
+    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Llama4:
     """Load a Llama 4 checkpoint directory (written by ``save_hf`` or by transformers' ``save_pretrained``)."""
     path = Path(path)
     if not (path / "config.json").exists():
@@ -215,9 +246,11 @@ def load_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str |
         expected.discard("lm_head.weight")
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not match its config.json: missing {missing[:8]}"
-                              f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                              f"{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(
+            f"{path} does not match its config.json: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
     for k, v in sd.items():
         want = model.state_dict()[k].shape
         if v.shape != want:

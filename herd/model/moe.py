@@ -100,7 +100,7 @@ class Experts(nn.Module):
         for e, n in enumerate(counts):
             if n == 0:  # never touch an expert that got no tokens
                 continue
-            xe = groups[e] if groups is not None else x_sorted[start:start + n]
+            xe = groups[e] if groups is not None else x_sorted[start : start + n]
             start += n
             gate, up = (xe @ gate_up[e]).chunk(2, dim=-1)
             outs.append((F.silu(gate) * up) @ down[e])
@@ -139,7 +139,9 @@ class MoE(nn.Module):
         logits = self.router(x)  # (T, E)
         choice = logits + self.expert_bias.to(logits.dtype) if self.balance == "aux_free" else logits
         idx = torch.topk(choice, K, dim=-1).indices  # (T, K)
-        scores = torch.sigmoid(logits.gather(1, idx).float()).to(x.dtype)  # raw logits: unselected experts get 0
+        scores = torch.sigmoid(logits.gather(1, idx).float()).to(
+            x.dtype
+        )  # raw logits: unselected experts get 0
 
         counts_t = torch.bincount(idx.reshape(-1), minlength=E)
         if T * K == 1:  # one token, one expert (batch-1 decoding): no sorting or permuting
@@ -161,8 +163,9 @@ class MoE(nn.Module):
         stats = RouterStats(self.layer_idx, counts_t.detach(), logits.detach())
         return y.reshape(shape), aux, stats
 
-    def _dispatch(self, x: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor, counts_t: torch.Tensor
-                  ) -> torch.Tensor:
+    def _dispatch(
+        self, x: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor, counts_t: torch.Tensor
+    ) -> torch.Tensor:
         """Sort token copies by expert, run each expert on its contiguous group, and sum back per token."""
         T, K = idx.shape
         order = torch.argsort(idx.reshape(-1), stable=True)  # copy order (token, k) -> grouped by expert
@@ -170,7 +173,9 @@ class MoE(nn.Module):
         inverse[order] = torch.arange(order.numel(), device=order.device)
         counts = counts_t.tolist()  # host sync, needed to slice groups; cheap next to the expert matmuls
         copies = x if K == 1 else x.repeat_interleave(K, dim=0)
-        x_sorted = _permute(copies * scores.reshape(-1, 1), order, inverse)  # the score scales the expert INPUT
+        x_sorted = _permute(
+            copies * scores.reshape(-1, 1), order, inverse
+        )  # the score scales the expert INPUT
         routed = _permute(self.experts(x_sorted, counts), inverse, order)
         return routed if K == 1 else routed.view(T, K, -1).sum(1)
 

@@ -15,10 +15,21 @@ CHUNK = 8
 @pytest.fixture(scope="module")
 def model() -> Llama4:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=400, hidden_size=64, intermediate_size=96, intermediate_size_mlp=128,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                      num_experts_per_tok=2, attention_chunk_size=CHUNK, no_rope_layer_interval=2, floor_scale=4,
-                      initializer_range=0.1)
+    cfg = ModelConfig(
+        vocab_size=400,
+        hidden_size=64,
+        intermediate_size=96,
+        intermediate_size_mlp=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        attention_chunk_size=CHUNK,
+        no_rope_layer_interval=2,
+        floor_scale=4,
+        initializer_range=0.1,
+    )
     return Llama4(cfg).eval()
 
 
@@ -78,7 +89,7 @@ def test_sampling_is_seeded_and_filters_reduce_to_greedy(model: Llama4) -> None:
     c = generate(model, prompts, SamplingParams(**{**hot.__dict__, "seed": 12}))
     assert a == b and a != c
     greedy = generate(model, prompts, SamplingParams(max_new_tokens=10, stop_tokens=[]))
-    for narrow in (dict(top_k=1), dict(top_p=1e-6)):
+    for narrow in ({"top_k": 1}, {"top_p": 1e-6}):
         assert generate(model, prompts, SamplingParams(**{**hot.__dict__, **narrow})) == greedy
 
 

@@ -10,8 +10,16 @@ import torch
 
 from herd.model import CheckpointError, Llama4, ModelConfig, load_hf, save_hf
 
-CFG = ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=48, intermediate_size_mlp=64,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
+CFG = ModelConfig(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=48,
+    intermediate_size_mlp=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=4,
+)
 
 
 def test_sharded_bf16_save_round_trips(tmp_path: Path) -> None:
@@ -38,7 +46,9 @@ def test_tokenizer_directory_is_copied(tmp_path: Path) -> None:
     (tok / "tokenizer.json").write_text("{}")
     (tok / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
     save_hf(Llama4(CFG), tmp_path / "out", tokenizer=tok)
-    assert (tmp_path / "out" / "tokenizer.json").exists() and (tmp_path / "out" / "tokenizer_config.json").exists()
+    assert (tmp_path / "out" / "tokenizer.json").exists() and (
+        tmp_path / "out" / "tokenizer_config.json"
+    ).exists()
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         save_hf(Llama4(CFG), tmp_path / "out2", tokenizer=tmp_path / "out2")
 
@@ -52,8 +62,9 @@ def test_bad_directories_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no_rope_layers must hold 3 entries"):
         load_hf(tmp_path)
     derived = {"no_rope_layers", "moe_layers", "layer_types"}
-    (tmp_path / "config.json").write_text(json.dumps({**{k: v for k, v in cfg.items() if k not in derived},
-                                                      "num_hidden_layers": 3}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({**{k: v for k, v in cfg.items() if k not in derived}, "num_hidden_layers": 3})
+    )
     with pytest.raises(CheckpointError, match="missing"):
         load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 40}))
@@ -68,7 +79,11 @@ def test_bf16_autocast_training_step() -> None:
     ids = torch.randint(13, 300, (2, 24))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids)
-        loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), ids.flatten()) + out.aux_loss
+        loss = (
+            torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), ids.flatten()) + out.aux_loss
+        )
     loss.backward()
     assert out.logits.dtype == torch.bfloat16
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad
+    )

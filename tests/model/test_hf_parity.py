@@ -17,22 +17,52 @@ from herd.model.generate import SamplingParams, generate
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 32}
-BASE = dict(vocab_size=512, hidden_size=64, intermediate_size=96, intermediate_size_mlp=128, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, num_local_experts=4, attention_chunk_size=16, floor_scale=4,
-            max_position_embeddings=256)
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+BASE = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "intermediate_size_mlp": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_local_experts": 4,
+    "attention_chunk_size": 16,
+    "floor_scale": 4,
+    "max_position_embeddings": 256,
+}
 CONFIGS = {
     # all-MoE, top-1, GQA 2, qk-norm, llama3 RoPE, untied; NoPE layer 3 with temperature > 1 from t = 3
-    "all_moe_top1": dict(BASE, num_hidden_layers=4, interleave_moe_layer_step=1, num_experts_per_tok=1,
-                         rope_parameters=LLAMA3),
+    "all_moe_top1": dict(
+        BASE, num_hidden_layers=4, interleave_moe_layer_step=1, num_experts_per_tok=1, rope_parameters=LLAMA3
+    ),
     # interleaved MoE (odd layers), top-2, GQA 4, tied embeddings, no qk-norm, two NoPE layers
-    "interleaved_top2_tied": dict(BASE, num_hidden_layers=6, interleave_moe_layer_step=2, num_experts_per_tok=2,
-                                  num_attention_heads=8, head_dim=8, tie_word_embeddings=True, use_qk_norm=False,
-                                  no_rope_layer_interval=3),
+    "interleaved_top2_tied": dict(
+        BASE,
+        num_hidden_layers=6,
+        interleave_moe_layer_step=2,
+        num_experts_per_tok=2,
+        num_attention_heads=8,
+        head_dim=8,
+        tie_word_embeddings=True,
+        use_qk_norm=False,
+        no_rope_layer_interval=3,
+    ),
     # full attention on every layer (no chunking), MHA, temperature tuning off
-    "no_chunk_mha": dict(BASE, num_hidden_layers=3, num_key_value_heads=4, attention_chunk_size=None,
-                         attn_temperature_tuning=False, num_experts_per_tok=1),
+    "no_chunk_mha": dict(
+        BASE,
+        num_hidden_layers=3,
+        num_key_value_heads=4,
+        attention_chunk_size=None,
+        attn_temperature_tuning=False,
+        num_experts_per_tok=1,
+    ),
 }
 
 
@@ -53,7 +83,9 @@ def herd_model(request: pytest.FixtureRequest) -> Llama4:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_save_hf_loads_in_transformers_with_equal_logits(herd_model: Llama4, tmp_path: Path, attn: str) -> None:
+def test_save_hf_loads_in_transformers_with_equal_logits(
+    herd_model: Llama4, tmp_path: Path, attn: str
+) -> None:
     save_hf(herd_model, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=attn).eval()
     assert type(hf).__name__ == "Llama4ForCausalLM"
@@ -77,8 +109,9 @@ def _keys(path: Path) -> set[str]:
 
 def test_transformers_save_pretrained_loads_in_herd(herd_model: Llama4, tmp_path: Path) -> None:
     # build the HF model from herd's config only, with transformers' own random init, then go the other way
-    hf_cfg = transformers.Llama4TextConfig(**{k: v for k, v in herd_model.config.to_hf_dict().items()
-                                              if k != "architectures"})
+    hf_cfg = transformers.Llama4TextConfig(
+        **{k: v for k, v in herd_model.config.to_hf_dict().items() if k != "architectures"}
+    )
     torch.manual_seed(1)
     hf = transformers.Llama4ForCausalLM(hf_cfg).eval()
     with torch.no_grad():
@@ -101,8 +134,13 @@ def test_greedy_generate_matches_transformers(tmp_path: Path) -> None:
     save_hf(model, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     prompt = _ids(model.config, 4)[0, :13].tolist()
-    want = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
-                       pad_token_id=model.config.pad_token_id)[0, 13:].tolist()
+    want = hf.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=model.config.pad_token_id,
+    )[0, 13:].tolist()
     got = generate(model, [prompt], SamplingParams(max_new_tokens=24, stop_tokens=[]))[0].tokens
     assert got == want  # 13 + 24 tokens cross two chunk boundaries of 16 with the chunk-only cache
 

@@ -12,8 +12,17 @@ import torch.nn.functional as F
 from herd.model import Llama4, ModelConfig
 from herd.model.moe import MoE
 
-CFG = dict(vocab_size=300, hidden_size=32, intermediate_size=48, intermediate_size_mlp=64, num_hidden_layers=2,
-           num_attention_heads=4, num_key_value_heads=2, num_local_experts=6, interleave_moe_layer_step=1)
+CFG = {
+    "vocab_size": 300,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "intermediate_size_mlp": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_local_experts": 6,
+    "interleave_moe_layer_step": 1,
+}
 
 
 def dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +32,7 @@ def dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     scores = torch.sigmoid(torch.full_like(logits, float("-inf")).scatter(1, top.indices, top.values))
     out = moe.shared_expert(x)
     for e in range(moe.num_experts):
-        gate, up = ((scores[:, e:e + 1] * x) @ moe.experts.gate_up_proj[e]).chunk(2, dim=-1)
+        gate, up = ((scores[:, e : e + 1] * x) @ moe.experts.gate_up_proj[e]).chunk(2, dim=-1)
         out = out + (F.silu(gate) * up) @ moe.experts.down_proj[e]
     return out
 
