@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -173,6 +174,7 @@ def main() -> None:
         "batch": args.batch,
         "seq": args.seq,
         "threads": torch.get_num_threads(),
+        "load_average_1_5_15": os.getloadavg(),  # other processes on the box: ratios hold, absolutes suffer
         "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
         "herd_train_dtype": train_dtype,
         "train": train,

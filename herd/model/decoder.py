@@ -153,6 +153,11 @@ class Llama4(nn.Module):
         """``input_ids`` (B, S). ``positions`` (B, S) defaults to 0..S-1 (a KV cache passes its own).
         ``logits_at`` (B,) computes logits (B, 1, V) at one position per row only (generation: the last real
         token of each right-padded prompt), skipping the vocabulary matmul everywhere else."""
+        if inputs_embeds is None and (input_ids.dim() != 2 or input_ids.is_floating_point()):
+            raise ValueError(
+                f"input_ids must be integer token ids of shape (batch, seq), got {input_ids.dtype} "
+                f"{tuple(input_ids.shape)}; add a batch dimension with input_ids[None]"
+            )
         x = self.embed(input_ids, pixel_values) if inputs_embeds is None else inputs_embeds
         B, S = x.shape[:2]
         if positions is None:
