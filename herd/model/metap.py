@@ -328,24 +328,57 @@ def coord_check(
     base = coord_check_config(base_width or min(widths), layers=layers)
     result: dict[str, list[float]] = {}
     for width in widths:
-        sums: dict[str, float] = {}
-        for seed in range(seeds):
-            for name, value in _coord_run(Llama4, width, base, use_metap, steps, lr, batch, seq_len, seed,
-                                          layers).items():
-                sums[name] = sums.get(name, 0.0) + value / seeds
-        for name, value in sums.items():
+        cfg = coord_check_config(width, layers=layers)
+        for name, value in _averaged(Llama4, cfg, base, use_metap, True, steps, lr, batch, seq_len, seeds).items():
             result.setdefault(name, []).append(value)
     return result
 
 
-def _coord_run(model_cls: type[nn.Module], width: int, base: ModelConfig, use_metap: bool, steps: int, lr: float,
-               batch: int, seq_len: int, seed: int, layers: int) -> dict[str, float]:
-    cfg = coord_check_config(width, layers=layers)
+def depth_check(
+    depths: list[int],
+    *,
+    depth_scaling: bool,
+    width: int = 128,
+    steps: int = 4,
+    lr: float = 1e-2,
+    batch: int = 8,
+    seq_len: int = 32,
+    seeds: int = 1,
+) -> dict[str, list[float]]:
+    """`coord_check` over depth at a fixed width, MetaP on, with or without depth-μP (base = the shallowest).
+
+    Series: the logits and the last layer's output (`last.out`)."""
+    from herd.model.decoder import Llama4
+
+    base = coord_check_config(width, layers=min(depths))
+    result: dict[str, list[float]] = {}
+    for depth in depths:
+        cfg = coord_check_config(width, layers=depth)
+        stats = _averaged(Llama4, cfg, base, True, depth_scaling, steps, lr, batch, seq_len, seeds)
+        for name, value in stats.items():
+            if name.startswith(("logits.", f"layer{depth - 1}.out.")):
+                result.setdefault(name.replace(f"layer{depth - 1}", "last"), []).append(value)
+    return result
+
+
+def _averaged(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool, depth_scaling: bool,
+              steps: int, lr: float, batch: int, seq_len: int, seeds: int) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for seed in range(seeds):
+        for name, value in _coord_run(model_cls, cfg, base, use_metap, depth_scaling, steps, lr, batch, seq_len,
+                                      seed).items():
+            sums[name] = sums.get(name, 0.0) + value / seeds
+    return sums
+
+
+def _coord_run(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool, depth_scaling: bool,
+               steps: int, lr: float, batch: int, seq_len: int, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model = model_cls(cfg)
     if use_metap:
-        init_weights(model, base=base)
-        opt = torch.optim.AdamW(param_groups(model, base=base, lr=lr, weight_decay=0.0, eps=1e-8))
+        init_weights(model, base=base, depth_scaling=depth_scaling)
+        opt = torch.optim.AdamW(param_groups(model, base=base, lr=lr, weight_decay=0.0, eps=1e-8,
+                                             depth_scaling=depth_scaling))
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, eps=1e-8)
     gen = torch.Generator().manual_seed(1234 + seed)  # the same data at every width
