@@ -282,7 +282,8 @@ class ModelConfig(BaseModel):
     def _vision_params(self) -> int:
         if self.vision is None:
             return 0
-        return self.vision.num_params(self.hidden_size)  # tower + adapter + projector into the text width
+        # tower + adapter, plus the projector into the text width (multi_modal_projector.linear_1, no bias)
+        return self.vision.num_params() + self.vision.vision_output_dim * self.hidden_size
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward matmul FLOPs per token (2 per multiply-add), attention over ``seq_len`` context included.
