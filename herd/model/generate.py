@@ -83,6 +83,11 @@ class KVCache:
     # --- decode -----------------------------------------------------------------------------------------------
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Write one new token's k/v (B, 1, nKV, D) per row and attend its query (B, 1, nH, D) to the cache."""
+        if q.shape[1] != 1:
+            raise ValueError(
+                f"KVCache.attend decodes one token per row, got {q.shape[1]}: "
+                "prefill a new cache for multi-token input"
+            )
         chunk = self.chunk[layer]
         slots = self.lengths if chunk is None else [n % chunk for n in self.lengths]
         kc, vc = self.k[layer], self.v[layer]
