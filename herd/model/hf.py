@@ -262,7 +262,6 @@ def load_hf(
     for m in model.modules():
         if isinstance(m, MoE):
             m.expert_bias = torch.zeros(m.num_experts)
-            m._load = torch.zeros(m.num_experts)
     model.rope_inv_freq = torch.zeros(1)  # replaced with fp32 frequencies by _apply below
     model = model.to(device=device)
     if dtype is not None:

@@ -130,7 +130,9 @@ class MoE(nn.Module):
         # aux-free balancing state: the bias steers the top-k choice; it is part of the training checkpoint
         # (persistent) but not of the HF export, which has no such tensor
         self.register_buffer("expert_bias", torch.zeros(self.num_experts), persistent=True)
-        self.register_buffer("_load", torch.zeros(self.num_experts), persistent=False)
+        # tokens routed per expert since the last bias update: a plain tensor, not a buffer, so DDP's buffer
+        # broadcast cannot overwrite a rank's local counts before update_router_bias() sums them over ranks
+        self._load = torch.zeros(self.num_experts)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RouterStats]:
         shape = x.shape
@@ -159,6 +161,8 @@ class MoE(nn.Module):
             aux = self.aux_coef * E * (frac * probs.mean(0)).sum()
         if self.training and self.balance == "aux_free":
             with torch.no_grad():
+                if self._load.device != counts_t.device:  # the model moved (or was built on meta): count afresh
+                    self._load = torch.zeros(E, device=counts_t.device)
                 self._load += counts_t.to(self._load.dtype)
         stats = RouterStats(self.layer_idx, counts_t.detach(), logits.detach())
         return y.reshape(shape), aux, stats
