@@ -169,3 +169,16 @@ def test_gradients_reach_the_tower_and_projector_through_the_merge():
     assert tower.patch_embedding.linear.weight.grad.abs().sum() > 0
     assert proj.linear_1.weight.grad.abs().sum() > 0
     assert emb.grad[0, 0].abs().sum() > 0 and emb.grad[0, 1].abs().sum() == 0  # overwritten rows get no grad
+
+
+def test_reads_the_released_scout_vision_config_with_legacy_keys():
+    scout = {"attention_dropout": 0.0, "hidden_act": "gelu", "hidden_size": 1408, "image_size": 336,
+             "initializer_range": 0.02, "intermediate_layers_indices": [], "intermediate_size": 5632,
+             "model_type": "llama4_vision_model", "multi_modal_projector_bias": False, "norm_eps": 1e-05,
+             "num_attention_heads": 16, "num_channels": 3, "num_hidden_layers": 34, "patch_size": 14,
+             "pixel_shuffle_ratio": 0.5, "projector_dropout": 0.0, "projector_input_dim": 4096,
+             "projector_output_dim": 4096, "rope_theta": 10000, "vision_feature_layer": -1,
+             "vision_feature_select_strategy": "default", "vision_output_dim": 4096}
+    assert VisionConfig.from_hf_dict(scout) == VisionConfig()
+    with pytest.raises(ValueError, match="multi_modal_projector_bias"):
+        VisionConfig.from_hf_dict({**scout, "multi_modal_projector_bias": True})
