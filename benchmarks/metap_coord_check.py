@@ -76,7 +76,7 @@ def write_section(text: str, path: Path) -> None:
     section = f"{BEGIN}\n{text.strip()}\n{END}"
     doc = path.read_text() if path.exists() else "# herd benchmarks\n"
     if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, doc, flags=re.S)
+        doc = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, doc, flags=re.DOTALL)
     else:
         doc = doc.rstrip() + "\n\n" + section + "\n"
     path.write_text(doc)

@@ -147,7 +147,7 @@ def pixel_shuffle(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """
     t, n2, c = x.shape
     s = round(1.0 / ratio)
-    n = int(round(n2**0.5))
+    n = round(n2**0.5)
     if n * n != n2 or n % s:
         raise ValueError(f"pixel_shuffle needs a square grid with side divisible by {s}, got {n2} patches")
     x = x.view(t, n // s, s, n // s, s, c).permute(0, 1, 3, 2, 4, 5)

@@ -59,7 +59,7 @@ def test_width_rules_follow_each_parameters_fan_in():
 
 
 def test_vision_tower_scales_with_its_own_width():
-    wide = VISION.model_copy(update=dict(hidden_size=64, intermediate_size=256, num_attention_heads=4))
+    wide = VISION.model_copy(update={"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4})
     base, cfg = shape(64, vision=VISION), shape(64, vision=wide)
     r = by_name(Llama4(cfg), base=base)
     assert r["vision_model.model.layers.0.self_attn.q_proj.weight"].lr_mult == 0.5

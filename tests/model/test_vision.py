@@ -15,8 +15,8 @@ from herd.model.vision import (
 )
 from herd.model.vision_config import VisionConfig
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=56,
-            patch_size=14, projector_input_dim=48, projector_output_dim=48, vision_output_dim=48)
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "image_size": 56,
+            "patch_size": 14, "projector_input_dim": 48, "projector_output_dim": 48, "vision_output_dim": 48}
 
 
 def tiny(**kw) -> VisionConfig:
@@ -24,15 +24,15 @@ def tiny(**kw) -> VisionConfig:
 
 
 @pytest.mark.parametrize("kw, field", [
-    (dict(num_attention_heads=3), "num_attention_heads"),
-    (dict(hidden_size=24, num_attention_heads=4, intermediate_size=96), "divisible by 4"),
-    (dict(intermediate_size=100), "intermediate_size"),
-    (dict(projector_output_dim=64), "projector_output_dim"),
-    (dict(vision_output_dim=64), "vision_output_dim"),
-    (dict(image_size=42), "1/pixel_shuffle_ratio"),  # 3 patches per side, not divisible by 2
-    (dict(image_size=50), "patch_size"),
-    (dict(pixel_shuffle_ratio=0.4), "pixel_shuffle_ratio"),
-    (dict(multi_modal_projector_bias=True), "multi_modal_projector_bias"),
+    ({"num_attention_heads": 3}, "num_attention_heads"),
+    ({"hidden_size": 24, "num_attention_heads": 4, "intermediate_size": 96}, "divisible by 4"),
+    ({"intermediate_size": 100}, "intermediate_size"),
+    ({"projector_output_dim": 64}, "projector_output_dim"),
+    ({"vision_output_dim": 64}, "vision_output_dim"),
+    ({"image_size": 42}, "1/pixel_shuffle_ratio"),  # 3 patches per side, not divisible by 2
+    ({"image_size": 50}, "patch_size"),
+    ({"pixel_shuffle_ratio": 0.4}, "pixel_shuffle_ratio"),
+    ({"multi_modal_projector_bias": True}, "multi_modal_projector_bias"),
 ])
 def test_config_rejects_bad_shapes_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):

@@ -23,9 +23,9 @@ PATCH = 9  # <|patch|> in herd's tokenizer
 VISION = VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                       image_size=56, patch_size=14, projector_input_dim=48, projector_output_dim=48,
                       vision_output_dim=48)
-TEXT = dict(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-            intermediate_size=96, intermediate_size_mlp=128, num_local_experts=4, attention_chunk_size=16,
-            floor_scale=4, router_balance="aux_loss")
+TEXT = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "intermediate_size": 96, "intermediate_size_mlp": 128, "num_local_experts": 4, "attention_chunk_size": 16,
+            "floor_scale": 4, "router_balance": "aux_loss"}
 CONFIGS = {
     # interleaved MoE, top-1, GQA 2, untied; 4 layers: NoPE layer 3 with temperature active
     "interleaved_top1": dict(TEXT, num_hidden_layers=4, interleave_moe_layer_step=2, num_experts_per_tok=1),
