@@ -405,7 +405,7 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"config.json has keys herd's ModelConfig does not know: {unknown}; is this a Llama 4 config?"
             )
-        cfg = cls(**fields, vision=vision, **overrides)
+        cfg = cls(**{**fields, "vision": vision, **overrides})
         # transformers writes the derived layer patterns out; keep them only when they are not the derived ones
         derived = cfg.model_copy(update={"moe_layers": None, "no_rope_layers": None})
         if cfg.moe_layers is not None and cfg.moe_layer_ids == derived.moe_layer_ids:

@@ -223,14 +223,21 @@ def to_herd_keys(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str
 
 
 def load_hf(
-    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
 ) -> Llama4:
-    """Load a Llama 4 checkpoint directory (written by ``save_hf`` or by transformers' ``save_pretrained``)."""
+    """Load a Llama 4 checkpoint directory (written by ``save_hf`` or by transformers' ``save_pretrained``).
+
+    ``overrides`` sets herd-only ModelConfig fields config.json does not carry (e.g. ``router_balance`` when
+    continuing training with aux-free balancing)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointError(f"no config.json in {path}: pass a Hugging Face checkpoint directory")
     try:
-        cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+        cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()), **(overrides or {}))
     except ValueError as e:  # pydantic's ValidationError included
         raise CheckpointError(f"{path / 'config.json'} is not a Llama 4 config herd can build: {e}") from e
     sd = to_herd_keys(_read_tensors(path), cfg)
