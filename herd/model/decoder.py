@@ -28,10 +28,11 @@ from herd.model.rope import rope_freqs, rope_inv_freq
 
 @dataclass
 class Llama4Output:
-    logits: torch.Tensor  # (B, S, V)
-    aux_loss: (
-        torch.Tensor
-    )  # () load-balancing loss summed over MoE layers (0 unless router_balance="aux_loss")
+    """``logits`` (B, S, V); ``aux_loss`` () the load-balancing loss summed over MoE layers (0 unless
+    router_balance="aux_loss"); ``router_stats`` one RouterStats per MoE layer."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor
     router_stats: list[RouterStats] = field(default_factory=list)
 
 

@@ -141,9 +141,8 @@ class MoE(nn.Module):
         logits = self.router(x)  # (T, E)
         choice = logits + self.expert_bias.to(logits.dtype) if self.balance == "aux_free" else logits
         idx = torch.topk(choice, K, dim=-1).indices  # (T, K)
-        scores = torch.sigmoid(logits.gather(1, idx).float()).to(
-            x.dtype
-        )  # raw logits: unselected experts get 0
+        # sigmoid of the RAW top-k logits (the aux-free bias only steers the choice); unselected experts get 0
+        scores = torch.sigmoid(logits.gather(1, idx).float()).to(x.dtype)
 
         counts_t = torch.bincount(idx.reshape(-1), minlength=E)
         if T * K == 1:  # one token, one expert (batch-1 decoding): no sorting or permuting
@@ -161,7 +160,8 @@ class MoE(nn.Module):
             aux = self.aux_coef * E * (frac * probs.mean(0)).sum()
         if self.training and self.balance == "aux_free":
             with torch.no_grad():
-                if self._load.device != counts_t.device:  # the model moved (or was built on meta): count afresh
+                # the model moved (or was built on the meta device): count afresh
+                if self._load.device != counts_t.device:
                     self._load = torch.zeros(E, device=counts_t.device)
                 self._load += counts_t.to(self._load.dtype)
         stats = RouterStats(self.layer_idx, counts_t.detach(), logits.detach())
@@ -177,9 +177,8 @@ class MoE(nn.Module):
         inverse[order] = torch.arange(order.numel(), device=order.device)
         counts = counts_t.tolist()  # host sync, needed to slice groups; cheap next to the expert matmuls
         copies = x if K == 1 else x.repeat_interleave(K, dim=0)
-        x_sorted = _permute(
-            copies * scores.reshape(-1, 1), order, inverse
-        )  # the score scales the expert INPUT
+        # the score scales the expert INPUT (silu is not homogeneous: scaling the output would differ)
+        x_sorted = _permute(copies * scores.reshape(-1, 1), order, inverse)
         routed = _permute(self.experts(x_sorted, counts), inverse, order)
         return routed if K == 1 else routed.view(T, K, -1).sum(1)
 
