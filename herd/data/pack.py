@@ -315,9 +315,9 @@ def pack_corpus(
         path = corpus / file
         if path.exists() and pq.ParquetFile(path).metadata.num_rows:
             parts.append(
-                rd.read_parquet(str(path), columns=cols).map_batches(
-                    _as_unified(kind), batch_format="pyarrow"
-                )
+                rd.read_parquet(str(path))
+                .select_columns(cols)
+                .map_batches(_as_unified(kind), batch_format="pyarrow")
             )
     writers = {
         name: ShardWriter(path, IMAGE_SCHEMA if name == "images" else TEXT_SCHEMA, cfg.rows_per_shard)

@@ -20,7 +20,10 @@ def test_broken_rows_exact_counts_and_rejects_file(tmp_path):
     first_doc = good_docs(10, seed=1)[0]
     want_pq = write_parquet_source(tmp_path / "more.parquet", dup_of=first_doc)
     (src_dir / "README").write_text("not a corpus file: skipped")
-    sources = [SourceConfig(uri=str(src_dir), name="broken"), SourceConfig(uri=str(tmp_path / "more.parquet"))]
+    sources = [
+        SourceConfig(uri=str(src_dir), name="broken"),
+        SourceConfig(uri=str(tmp_path / "more.parquet")),
+    ]
     stats = clean_sources(resolve_sources(sources, None), CleaningConfig(), tmp_path / "out")
 
     broken = stats["sources"]["broken"]
@@ -40,7 +43,9 @@ def test_broken_rows_exact_counts_and_rejects_file(tmp_path):
     src = str(src_dir / "broken.jsonl")
     assert by_origin[f"{src}:11"]["reason"] == "invalid_json"
     assert by_origin[f"{src}:13"]["reason"] == "undecodable"
-    assert by_origin[f"{src}:17"]["reason"] == "too_long" and "5000000 chars" in by_origin[f"{src}:17"]["detail"]
+    assert (
+        by_origin[f"{src}:17"]["reason"] == "too_long" and "5000000 chars" in by_origin[f"{src}:17"]["detail"]
+    )
     assert by_origin[f"{src}:24"]["detail"] == f"near-duplicate of {src}:3"
     assert by_origin[f"{tmp_path / 'more.parquet'}#3"]["reason"] == "missing_field"
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["rejects"]["exact_dup"] == 4
@@ -48,7 +53,9 @@ def test_broken_rows_exact_counts_and_rejects_file(tmp_path):
 
 def test_over_long_raw_line_is_skipped_unparsed(tmp_path):
     p = tmp_path / "x.jsonl"
-    p.write_bytes(b'{"text": "' + b"y" * 3000 + b'"}\n' + json.dumps({"text": good_docs(1, 3)[0]}).encode() + b"\n")
+    p.write_bytes(
+        b'{"text": "' + b"y" * 3000 + b'"}\n' + json.dumps({"text": good_docs(1, 3)[0]}).encode() + b"\n"
+    )
     stats = clean_sources(
         resolve_sources([SourceConfig(uri=str(p))], None), CleaningConfig(max_line_bytes=2048), tmp_path / "o"
     )

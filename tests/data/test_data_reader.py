@@ -52,7 +52,9 @@ def test_resume_continues_exactly(tmp_path):
     rest = [row_ids(next(it)) for _ in range(8)]
     assert first + rest == reference
     assert reference[0] != reference[5]  # epochs reshuffle
-    assert len(set(sum(reference[5:10], []))) == 25  # a fresh epoch: 25 distinct rows, dealt anew
+    assert (
+        len({i for batch in reference[5:10] for i in batch}) == 25
+    )  # a fresh epoch: 25 distinct rows, dealt anew
     with pytest.raises(ShardReaderError, match="world_size"):
         ShardReader(str(tmp_path), batch_size=5, rank=0, world_size=4, seed=3).load_state_dict(state)
 

@@ -11,8 +11,15 @@ from herd.data.synthetic.arithmetic import check_answer, extract_answer
 from herd.data.synthetic.images import digit_tile
 from herd.data.tokenizer import render_chat
 
-CFG = SyntheticConfig(n_entities=80, n_arithmetic_train=800, n_needle_docs=30, n_filler_docs=100, n_chat=400,
-                      n_preferences=100, n_images=200)
+CFG = SyntheticConfig(
+    n_entities=80,
+    n_arithmetic_train=800,
+    n_needle_docs=30,
+    n_filler_docs=100,
+    n_chat=400,
+    n_preferences=100,
+    n_images=200,
+)
 
 
 @pytest.fixture(scope="module")
