@@ -278,9 +278,6 @@ def _ray_data() -> Any:
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True  # deterministic shards -> stable artifact digests
     return ray.data
 
 
@@ -302,10 +299,27 @@ def pack_corpus(
     if unknown:
         raise ValueError(f"unknown shard sets {sorted(unknown)}; use {', '.join(SETS)}")
     rd = _ray_data()
+    ctx = rd.DataContext.get_current()  # datasets copy the context when created: set it first, restore after
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    # Ordered execution: the same corpus gives byte-identical shards, hence a stable artifact digest.
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
+    try:
+        return _pack(rd, Path(corpus_dir), Path(tokenizer_dir), cfg, out_dirs, weights or {})
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _pack(
+    rd: Any,
+    corpus: Path,
+    tokenizer_dir: Path,
+    cfg: PackingConfig,
+    out_dirs: dict[str, str | Path],
+    weights: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     from ray.data import ActorPoolStrategy
 
-    corpus = Path(corpus_dir)
-    tok_json = (Path(tokenizer_dir) / "tokenizer.json").read_text()
+    tok_json = (tokenizer_dir / "tokenizer.json").read_text()
     parts = []
     for file, kind, cols in (
         ("documents.parquet", "document", ["text", "source", "origin"]),
@@ -327,7 +341,7 @@ def pack_corpus(
         ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         packed = ds.map_batches(
             Packer,
-            fn_constructor_args=(tok_json, cfg.model_dump(), weights or {}, sorted(out_dirs)),
+            fn_constructor_args=(tok_json, cfg.model_dump(), weights, sorted(out_dirs)),
             batch_size=cfg.batch_docs,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=1),  # one actor: two would starve the readers on 2 CPUs (deadlock)

@@ -153,3 +153,11 @@ def test_flow_over_jsonl_and_parquet_sources_local_and_s3(ray_local, herd_home, 
     counts = [text.count(d[:120]) for d in good_docs(10, seed=1)]
     assert set(counts) <= {0, 2} and counts.count(2) >= 7  # 0 only where the doc was drawn for validation
     assert all(text.count(d[:120]) in (0, 1) for d in good_docs(10, seed=11))  # weight 1.0
+
+    # trainers read shard sets straight from a bucket when the store is remote
+    val = r.store.get(result.outputs["data.pack"]["pretrain_val"]).local_path()
+    fs.put(str(val), f"{s3_uri}/packed_val", recursive=True)
+    remote_rows = [b["input_ids"] for b in ShardReader(f"{s3_uri}/packed_val", batch_size=4, loop=False)]
+    local_rows = [b["input_ids"] for b in ShardReader(str(val), batch_size=4, loop=False)]
+    assert len(remote_rows) == len(local_rows) > 0
+    assert all((a == b).all() for a, b in zip(remote_rows, local_rows, strict=True))
