@@ -24,3 +24,11 @@ def test_standard_parametrization_drifts_with_width(checks):
     slopes = {k: metap.width_slope(WIDTHS, v) for k, v in checks[False].items()}
     assert slopes["logits.delta"] > 0.4, slopes  # readout updates grow ~linearly in width
     assert max(slopes[k] for k in slopes if k.startswith("layer")) > 1.0, slopes
+
+
+def test_depth_mup_keeps_updates_flat_across_depth():
+    depths = [2, 4, 8]
+    scaled = metap.depth_check(depths, depth_scaling=True, width=64, steps=6, lr=3e-3)
+    plain = metap.depth_check(depths, depth_scaling=False, width=64, steps=6, lr=3e-3)
+    assert max(abs(metap.width_slope(depths, v)) for v in scaled.values()) < 0.25, scaled
+    assert metap.width_slope(depths, plain["last.out.delta"]) > 0.6, plain  # deeper stacks move further per step
