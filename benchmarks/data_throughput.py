@@ -8,7 +8,7 @@ Same text, same tokenizer, same process, one run:
              fastest thing the tokenizer itself offers: Rust, multi-threaded, no offsets)
   herd       `herd.data.pack.pack_corpus`: Ray Data read of the cleaned corpus parquet, one tokenizer actor
              that also adds BOS/EOS, packs into seq_len+1 rows with loss masks, streaming back to the driver,
-             which writes zstd parquet shards plus the index. Ray is started (and warmed by a tiny pack)
+             which writes snappy parquet shards plus the index. Ray is started (and warmed by a tiny pack)
              before timing: a flow starts Ray once for all its steps.
 Overhead = reference tokens/s / herd tokens/s - 1 (the brief's bar: at most 25%).
 """

@@ -25,6 +25,7 @@ names, so the same input gives byte-identical shards (and the same artifact dige
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -189,17 +190,19 @@ class Packer:
             texts.extend([text] * n)
         if not texts:
             return []
-        encoded = self.tok.encode_batch_fast(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) + 2 for e in encoded), dtype=np.int64, count=len(encoded))
-        flat = np.empty(int(lengths.sum()), dtype=np.int32)
-        mask = np.ones_like(flat, dtype=np.uint8)
-        pos = 0
-        for e, n in zip(encoded, lengths, strict=True):
-            flat[pos] = BOS_ID
-            mask[pos] = 0  # a document start is not a prediction target
-            flat[pos + 1 : pos + n - 1] = e.ids
-            flat[pos + n - 1] = EOS_ID
-            pos += n
+        ids = [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2  # + BOS + EOS
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        flat = np.empty(int(ends[-1]), dtype=np.int32)
+        body = np.ones(len(flat), dtype=bool)
+        body[starts] = False
+        body[ends - 1] = False
+        flat[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(body.sum()))
+        flat[starts] = BOS_ID
+        flat[ends - 1] = EOS_ID
+        mask = np.ones(len(flat), dtype=np.uint8)
+        mask[starts] = 0  # a document start is not a prediction target
         pad = (-len(flat)) % self.row  # pad the batch's last row instead of dropping its tokens
         flat = np.concatenate([flat, np.full(pad, PAD_ID, np.int32)])
         mask = np.concatenate([mask, np.zeros(pad, np.uint8)])
@@ -248,7 +251,7 @@ class ShardWriter:
         table = pa.concat_tables(self.pending).combine_chunks()
         head, rest = table.slice(0, n), table.slice(n)
         name = f"shard-{len(self.shards):05d}.parquet"
-        pq.write_table(head.cast(self.schema), self.out / name, compression="zstd")
+        pq.write_table(head.cast(self.schema), self.out / name, compression="snappy")
         ids = head.column("input_ids").combine_chunks().values.to_numpy()
         mask = head.column("loss_mask").combine_chunks().values.to_numpy()
         tokens, targets = int((ids != PAD_ID).sum()), int(mask.sum())
