@@ -1,52 +1,57 @@
-"""MetaP: per-layer init scales and AdamW learning-rate multipliers that follow width (and depth) from a base shape.
+"""MetaP: per-layer init scales and AdamW lr multipliers that follow width (and depth) from a base shape.
 
 Tune lr / init on a narrow proxy (the *base shape*), then train a wide model with the same numbers:
 
     from herd.model import metap
-    metap.init_weights(model, base=proxy_cfg)                     # re-initialise with width-aware std
+    metap.init_weights(model, base=proxy_cfg)                 # re-initialise with width-aware std
     groups = metap.param_groups(model, base=proxy_cfg, lr=3e-3, weight_decay=0.1, eps=1e-8)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
-    print(metap.describe(model, base=proxy_cfg))                   # the rule applied to every parameter
+    print(metap.describe(model, base=proxy_cfg))               # the rule applied to every parameter
 
-Llama 4's blog names "MetaP" (per-layer learning rates and init scales that transfer across width, depth and
-batch) but does not publish it. herd implements the published theory it points to, for Adam:
+Meta's Llama 4 announcement ("The Llama 4 herd", April 2025) names "MetaP": per-layer learning rates and
+init scales that transfer across width, depth and batch size. It is not published; herd implements the
+published theory it points to, for Adam:
 
-* **Width: μP** (Yang et al. 2022, "Tensor Programs V", Table 3 for Adam; Everett et al. 2024, "Scaling Exponents
-  Across Parameterizations and Optimizers"). With m = fan_in / fan_in_base (per parameter, so experts, attention and
-  MLP widths may scale differently):
+* **Width: μP** (Yang et al. 2022, "Tensor Programs V", Table 3 for Adam; Everett et al. 2024, "Scaling
+  Exponents Across Parameterizations and Optimizers"). With m = fan_in / fan_in_base per parameter (so
+  experts, attention and MLP widths may scale differently):
 
   | role | params | init std | Adam lr | weight decay |
   |---|---|---|---|---|
-  | embedding | embed_tokens, patch_embedding, class/positional embeddings | σ_base | lr | 0 |
-  | hidden | q/k/v/o, dense/shared/routed experts, vision layers, adapter, projector | σ_base / √m | lr / m | wd·m |
+  | embedding | embed_tokens, patch_embedding, class/positional emb. | σ_base | lr | 0 |
+  | hidden | q/k/v/o, dense/shared/routed experts, vision, adapter | σ_base / √m | lr / m | wd·m |
   | output (readout) | lm_head, MoE router | σ_base / m | lr / m | wd·m |
   | vector | norm weights, biases | unchanged | lr | 0 |
 
-  The router is a readout: a fixed number (E) of logits read from the width-H residual stream, so it follows the
-  output rule and its logits stay O(1) at every width. Routed experts' fused tensors (E, H, 2I) / (E, I, H) are
-  right-multiplied, so their per-expert fan-in is dim 1 (H resp. I); E is a batch dim, not a width.
-  σ_base is the model's own default (`initializer_range`; Cv^-1/2 of the *base* tower for the vision class and
-  positional embeddings), so at the base shape MetaP is exactly the transformers init.
+  The router is a readout: a fixed number (E) of logits read from the width-H residual stream, so it
+  follows the output rule and its logits stay O(1) at every width. Routed experts' fused tensors
+  (E, H, 2I) / (E, I, H) are right-multiplied, so their per-expert fan-in is dim 1 (H resp. I); E is a
+  batch dim, not a width. A parameter whose fan-in does not grow (the multimodal projector when only the
+  text widens) gets m = 1, which is μP's input-layer rule. σ_base is the model's own default
+  (`initializer_range`; Cv^-1/2 of the *base* tower for the vision class and positional embeddings), so at
+  the base shape MetaP is exactly the transformers init.
+* **Weight decay**: AdamW multiplies decay by the group lr. MetaP keeps lr x wd (the decay timescale)
+  fixed per group, i.e. wd grows as the lr shrinks (Wang & Aitchison 2024, "How to set AdamW's weight
+  decay as you scale model and dataset size"); norms, biases and embeddings are not decayed.
+* **Adam epsilon** (Everett et al. 2024, §4): in μP the gradients of all but the readout shrink like
+  1/width, so a fixed eps would swamp them in wide models; when `eps` is given, every non-output group
+  gets eps x width_base/width.
+* **Depth: depth-μP** (Yang et al. 2023, "Tensor Programs VI"; Bordelon et al. 2023, "Depthwise
+  hyperparameter transfer in residual networks"): residual branches carry a multiplier sqrt(L_base/L) and
+  Adam lrs inside the blocks scale by sqrt(L_base/L). herd folds the branch multiplier into the branch's
+  last matrix (o_proj, down_proj, experts.down_proj, vision fc2) instead of a forward multiplier, so
+  exported checkpoints stay plain Llama 4: that matrix's init std is x sqrt(L_base/L) and, Adam being
+  scale-free, its lr x L_base/L in total. Applied only when the base has a different depth
+  (`depth_scaling=False` turns it off).
 
-* **Weight decay**: AdamW multiplies decay by the group lr. MetaP keeps lr x wd (the decay timescale) fixed per group,
-  i.e. wd grows as the lr shrinks (Wang & Aitchison 2024, "How to set AdamW's weight decay as you scale model and
-  dataset size"); norms, biases and embeddings are not decayed.
-* **Adam epsilon** (Everett et al. 2024, §4): in μP the gradients of all but the readout shrink like 1/width, so a
-  fixed eps would swamp them in wide models; when `eps` is given, every non-output group gets eps x width_base/width.
-* **Depth: depth-μP** (Yang et al. 2023, "Tensor Programs VI"; Bordelon et al. 2023, "Depthwise hyperparameter
-  transfer in residual networks"): residual branches carry a multiplier sqrt(L_base/L) and Adam lrs inside the
-  blocks scale by sqrt(L_base/L). herd folds the branch multiplier into the branch's last matrix (o_proj, down_proj,
-  experts.down_proj, vision fc2) instead of adding a forward multiplier, so exported checkpoints stay plain
-  Llama 4: that matrix's init std is x sqrt(L_base/L) and, Adam being scale-free, its lr x L_base/L in total.
-  Applied only when the base has a different depth (`depth_scaling=False` turns it off).
+Without a `base`, the base shape is the model's own shape scaled to width 256 (herd's tiny recipe, where
+the default hyperparameters were tuned), at the same depth. `benchmarks/metap_coord_check.py` (and
+`tests/model/test_metap_coord.py`) shows activations and updates stay flat across width and depth with
+these rules and drift without them.
 
-Without a `base`, the base shape is the model's own shape scaled to a width of 256 (herd's tiny recipe, where
-the default hyperparameters were tuned), at the same depth. The coordinate check in
-`benchmarks/metap_coord_check.py` (and `tests/model/test_metap_coord.py`) shows activations and updates stay flat
-across widths with these rules and drift without them.
-
-A tied lm_head is the embedding matrix and follows the embedding rule; μP's readout scaling then needs a logit
-multiplier that Llama 4 checkpoints cannot carry, so untie embeddings for width transfer (a warning says so).
+A tied lm_head is the embedding matrix and follows the embedding rule; μP's readout scaling would then need
+a logit multiplier Llama 4 checkpoints cannot carry, so untie embeddings for width transfer (a warning says
+so).
 """
 
 from __future__ import annotations
@@ -87,14 +92,15 @@ class BaseShape(BaseModel):
         v = cfg.vision
         return cls(
             hidden=cfg.hidden_size, attn=cfg.num_attention_heads * cfg.head_dim,
-            moe_inter=cfg.intermediate_size, mlp_inter=cfg.intermediate_size_mlp, layers=cfg.num_hidden_layers,
+            moe_inter=cfg.intermediate_size, mlp_inter=cfg.intermediate_size_mlp,
+            layers=cfg.num_hidden_layers,
             v_hidden=v.hidden_size if v else None, v_inter=v.intermediate_size if v else None,
             v_proj=v.vision_output_dim if v else None, v_layers=v.num_hidden_layers if v else None,
         )
 
     @classmethod
     def scaled(cls, cfg: ModelConfig, hidden_size: float = DEFAULT_BASE_HIDDEN_SIZE) -> BaseShape:
-        """cfg's shape with every width (text and vision) scaled by hidden_size / cfg.hidden_size, same depth."""
+        """cfg's shape with every width (text and vision) x hidden_size / cfg.hidden_size, same depth."""
         r = hidden_size / cfg.hidden_size
         s = cls.of(cfg)
         widths = {k: getattr(s, k) * r for k in ("hidden", "attn", "moe_inter", "mlp_inter", "v_hidden",
@@ -173,18 +179,18 @@ def rules(
     *,
     depth_scaling: bool = True,
 ) -> list[ParamRule]:
-    """The MetaP rule of every trainable parameter of `model` (a herd Llama4 or any module with HF Llama 4 names)."""
+    """The MetaP rule of every trainable parameter of `model` (a herd Llama4, or any module with HF names)."""
     cfg = cfg if cfg is not None else getattr(model, "config", None)
     if not isinstance(cfg, ModelConfig):
-        raise TypeError("metap needs the model's ModelConfig: pass cfg=... or use a model with a .config attribute")
+        raise TypeError("metap needs the model's ModelConfig: pass cfg=... or a model with .config")
     b, w = _base_shape(cfg, base), _widths_of(cfg)
     sigmas = {"text": cfg.initializer_range, "vision": cfg.vision.initializer_range if cfg.vision else 0.0}
     tied = cfg.tie_word_embeddings
     if tied and b.hidden != w.hidden:
         warnings.warn(
-            "metap: tie_word_embeddings=True makes lm_head the embedding matrix, which cannot get μP's readout "
-            "scaling without a logit multiplier; logits will grow with width. Set tie_word_embeddings=False for "
-            "width transfer.", stacklevel=2,
+            "metap: tie_word_embeddings=True makes lm_head the embedding matrix, which cannot get μP's "
+            "readout scaling without a logit multiplier; logits will grow with width. Set "
+            "tie_word_embeddings=False for width transfer.", stacklevel=2,
         )
     out: list[ParamRule] = []
     for name, p in model.named_parameters():
@@ -199,13 +205,17 @@ def rules(
             fan_in = p.shape[1] if p.ndim == 3 else p.shape[-1]  # (E, in, out) experts; (out, in) Linear
             if fan_in != width:
                 raise RuntimeError(
-                    f"metap: {name} has fan-in {fan_in} but its rule reads width {key}={width:g}; the parameter "
+                    f"metap: {name} has fan-in {fan_in} but its rule reads width {key}={width:g}; the "
+                    "parameter "
                     "naming does not follow HF Llama 4 and herd/model/metap.py's table needs updating"
                 )
         m = width / base_width
-        depth, base_depth = (w.layers, b.layers) if tower == "text" else (w.v_layers, b.v_layers or w.v_layers)
+        if tower == "text":
+            depth, base_depth, hidden_w, hidden_b = w.layers, b.layers, w.hidden, b.hidden
+        else:
+            depth, base_depth = w.v_layers, b.v_layers or w.v_layers
+            hidden_w, hidden_b = w.v_hidden, b.v_hidden or w.v_hidden
         d = (base_depth / depth) if (depth_scaling and depth and base_depth and ".layers." in name) else 1.0
-        hidden_w, hidden_b = (w.hidden, b.hidden) if tower == "text" else (w.v_hidden, b.v_hidden or w.v_hidden)
         eps_mult = 1.0 if role == "output" else hidden_b / hidden_w
         sigma = sigmas[tower]
         branch = _is_branch_output(name)
@@ -220,7 +230,8 @@ def rules(
             out.append(ParamRule(name, role, None, lr_depth, 0.0, eps_mult))
         elif role == "hidden":
             lr_mult = lr_depth / m
-            out.append(ParamRule(name, role, sigma / math.sqrt(m) * init_depth, lr_mult, 1.0 / lr_mult, eps_mult))
+            std = sigma / math.sqrt(m) * init_depth
+            out.append(ParamRule(name, role, std, lr_mult, 1.0 / lr_mult, eps_mult))
         else:  # output
             out.append(ParamRule(name, role, sigma / m, 1.0 / m, m, eps_mult))
     return out
@@ -235,7 +246,7 @@ def init_weights(
     depth_scaling: bool = True,
     generator: torch.Generator | None = None,
 ) -> None:
-    """Re-initialise every matrix and embedding of `model` with its MetaP std (norms and biases are left alone)."""
+    """Re-initialise every matrix and embedding of `model` with its MetaP std (norms and biases stay)."""
     params = dict(model.named_parameters())
     for r in rules(model, cfg, base, depth_scaling=depth_scaling):
         if r.init_std is not None:
@@ -257,7 +268,7 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """AdamW param groups: one per distinct (lr, weight decay, eps) multiplier set, each with its own `lr`.
 
-    Schedulers (LambdaLR) scale every group's lr by the same factor, so the multipliers hold through warmup/decay.
+    Schedulers (LambdaLR) scale every group's lr by one factor, so the multipliers hold through warmup/decay.
     Each group also carries `role` and `lr_mult` for logging.
     """
     params = dict(model.named_parameters())
@@ -286,11 +297,12 @@ def describe(
     lines = ["| parameter | role | init std | lr x | wd x | eps x |", "|---|---|---|---|---|---|"]
     for r in rules(model, cfg, base, depth_scaling=depth_scaling):
         std = "keep" if r.init_std is None else f"{r.init_std:.3g}"
-        lines.append(f"| {r.name} | {r.role} | {std} | {r.lr_mult:.3g} | {r.wd_mult:.3g} | {r.eps_mult:.3g} |")
+        mults = f"{r.lr_mult:.3g} | {r.wd_mult:.3g} | {r.eps_mult:.3g}"
+        lines.append(f"| {r.name} | {r.role} | {std} | {mults} |")
     return "\n".join(lines)
 
 
-# ---- coordinate check (Yang et al. 2022, §D.1): the empirical test that a parametrization transfers ------------
+# ---- coordinate check (Yang et al. 2022, §D.1): the empirical test that a parametrization transfers --------
 def coord_check_config(width: int, *, head_dim: int = 16, layers: int = 2, vocab: int = 256) -> ModelConfig:
     """A small Llama 4 whose widths all scale with `width` (heads grow, head_dim fixed, as μP prescribes)."""
     heads = max(width // head_dim, 2)
@@ -319,9 +331,9 @@ def coord_check(
     `<module>.act`   RMS of the output after training, and
     `<module>.delta` RMS of (output after training - output at init): the size of the learned update.
 
-    Returns {series: [value per width]} averaged over seeds. With MetaP (base = the narrowest width) every series
-    is flat in width; with the standard parametrization (transformers' constant-std init, one global lr) the
-    updates grow with width (≈ linearly for the logits).
+    Returns {series: [value per width]} averaged over seeds. With MetaP (base = the narrowest width) every
+    series is flat in width; with the standard parametrization (transformers' constant-std init, one
+    global lr) the updates grow with width (≈ linearly for the logits).
     """
     from herd.model.decoder import Llama4
 
@@ -329,7 +341,8 @@ def coord_check(
     result: dict[str, list[float]] = {}
     for width in widths:
         cfg = coord_check_config(width, layers=layers)
-        for name, value in _averaged(Llama4, cfg, base, use_metap, True, steps, lr, batch, seq_len, seeds).items():
+        stats = _averaged(Llama4, cfg, base, use_metap, True, steps, lr, batch, seq_len, seeds)
+        for name, value in stats.items():
             result.setdefault(name, []).append(value)
     return result
 
@@ -361,18 +374,20 @@ def depth_check(
     return result
 
 
-def _averaged(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool, depth_scaling: bool,
-              steps: int, lr: float, batch: int, seq_len: int, seeds: int) -> dict[str, float]:
+def _averaged(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool,
+              depth_scaling: bool, steps: int, lr: float, batch: int, seq_len: int, seeds: int
+              ) -> dict[str, float]:
     sums: dict[str, float] = {}
     for seed in range(seeds):
-        for name, value in _coord_run(model_cls, cfg, base, use_metap, depth_scaling, steps, lr, batch, seq_len,
-                                      seed).items():
+        stats = _coord_run(model_cls, cfg, base, use_metap, depth_scaling, steps, lr, batch, seq_len, seed)
+        for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value / seeds
     return sums
 
 
-def _coord_run(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool, depth_scaling: bool,
-               steps: int, lr: float, batch: int, seq_len: int, seed: int) -> dict[str, float]:
+def _coord_run(model_cls: type[nn.Module], cfg: ModelConfig, base: ModelConfig, use_metap: bool,
+               depth_scaling: bool, steps: int, lr: float, batch: int, seq_len: int, seed: int
+               ) -> dict[str, float]:
     torch.manual_seed(seed)
     model = model_cls(cfg)
     if use_metap:
