@@ -36,7 +36,7 @@ def test_documents_are_joined_cut_and_padded(tok_json):
     )
     ids, mask = rows(packer(batch), "pretrain")
     assert all(len(r) == 65 for r in ids)
-    flat, m = sum(ids, []), sum(mask, [])
+    flat, m = [t for r in ids for t in r], [k for r in mask for k in r]
     expect = []
     for d in DOCS:
         expect += [BOS_ID, *packer.tok.encode(d, add_special_tokens=False).ids, EOS_ID]
