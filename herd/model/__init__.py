@@ -7,7 +7,7 @@ out = model(input_ids)            # out.logits, out.aux_loss, out.router_stats
 
 from herd.model.config import ModelConfig, RopeParameters
 from herd.model.decoder import Llama4, Llama4Output
-from herd.model.hf import CheckpointError, load_hf, save_hf
+from herd.model.hf import CheckpointError, load_hf, save_hf, vllm_issues
 from herd.model.moe import RouterStats
 from herd.model.vision_config import VisionConfig
 
@@ -21,4 +21,5 @@ __all__ = [
     "VisionConfig",
     "load_hf",
     "save_hf",
+    "vllm_issues",
 ]

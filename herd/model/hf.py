@@ -80,6 +80,31 @@ def _warn_router_bias(model: Llama4) -> None:
         )
 
 
+def vllm_issues(cfg: ModelConfig) -> list[str]:
+    """Reasons vLLM (0.33) would refuse or mis-serve a checkpoint of this config (reference §5.6); empty if none.
+    transformers loads all of them; the deploy step checks this before handing a model to vLLM."""
+    issues = []
+    if cfg.num_experts_per_tok != 1:
+        issues.append(
+            f"num_experts_per_tok={cfg.num_experts_per_tok}: vLLM applies the router score on the expert input "
+            "only for top-1"
+        )
+    step = cfg.interleave_moe_layer_step
+    if cfg.moe_layer_ids != list(range(step - 1, cfg.num_hidden_layers, step)):
+        issues.append(
+            f"moe_layers {cfg.moe_layer_ids} break the (i+1) % interleave_moe_layer_step rule vLLM uses to place MoE"
+        )
+    if cfg.attention_chunk_size is not None and cfg.attention_chunk_size % 16:
+        issues.append(
+            f"attention_chunk_size={cfg.attention_chunk_size} is not a multiple of vLLM's KV-cache block size 16"
+        )
+    if cfg.head_dim % 8 or cfg.head_dim > 256:
+        issues.append(
+            f"head_dim={cfg.head_dim}: FlashAttention needs a multiple of 8 up to 256 (use 64 or 128)"
+        )
+    return issues
+
+
 def _generation_config(cfg: ModelConfig) -> dict[str, Any]:
     return {
         "_from_model_config": True,

@@ -87,3 +87,21 @@ def test_bf16_autocast_training_step() -> None:
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad
     )
+
+
+def test_vllm_issues_flag_what_vllm_cannot_serve() -> None:
+    from herd.model import vllm_issues
+
+    ok = CFG.model_copy(update={"head_dim": 64, "attention_chunk_size": 128})
+    assert vllm_issues(ok) == []
+    bad = ModelConfig(
+        **{**CFG.model_dump(), "num_experts_per_tok": 2, "moe_layers": [0], "attention_chunk_size": 20}
+    )
+    found = " ".join(vllm_issues(bad))
+    for what in ("num_experts_per_tok=2", "moe_layers [0]", "attention_chunk_size=20", "head_dim=12"):
+        assert what in found
+
+
+def test_malformed_input_ids_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"shape \(batch, seq\)"):
+        Llama4(CFG)(torch.tensor([1, 2, 3]))
