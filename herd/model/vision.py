@@ -1,18 +1,18 @@
-"""Early-fusion vision for Llama 4: ViT encoder, pixel-shuffle adapter, projector, and the merge into text.
+"""Early-fusion vision for Llama 4: ViT encoder, pixel-shuffle adapter, projector, merge into the text.
 
-Single-device PyTorch that matches transformers' `Llama4VisionModel` + `Llama4MultiModalProjector` (module names are
-HF's, so state-dict keys equal checkpoint keys under `vision_model.` / `multi_modal_projector.`):
+Single-device PyTorch that matches transformers' `Llama4VisionModel` + `Llama4MultiModalProjector` (module
+names are HF's, so state-dict keys equal checkpoint keys under `vision_model.` / `multi_modal_projector.`):
 
-    tiles (T, 3, img, img) -> Unfold(p) + Linear            patch_embedding.linear        (T, N, Cv), N = (img/p)^2
-        -> append CLS LAST, + positional_embedding_vlm, layernorm_pre                    (T, N+1, Cv)
-        -> pre-LN encoder layers (LayerNorm + biases, MHA with 2-D complex RoPE, GELU MLP), bidirectional
-        -> layernorm_post, drop CLS, pixel shuffle (s x s patches -> 1 token, channels [row off, col off, c])
-        -> vision_adapter: GELU(fc2(GELU(fc1(x))))  (note the GELU after fc2)          (T, N/s^2, proj)
-    multi_modal_projector.linear_1 -> text width H; `merge_image_features` scatters the T*N/s^2 rows, in order,
-    into the text embeddings at the `<|patch|>` (`image_token_index`) positions.
+    tiles (T, 3, img, img) -> Unfold(p) + Linear      patch_embedding.linear     (T, N, Cv), N = (img/p)^2
+      -> append CLS LAST, + positional_embedding_vlm, layernorm_pre                (T, N+1, Cv)
+      -> pre-LN encoder layers (LayerNorm + biases, MHA with 2-D complex RoPE, GELU MLP), bidirectional
+      -> layernorm_post, drop CLS, pixel shuffle (s x s patches -> 1 token, channels [row off, col off, c])
+      -> vision_adapter: GELU(fc2(GELU(fc1(x))))  (note the GELU after fc2)       (T, N/s^2, proj)
+    multi_modal_projector.linear_1 -> text width H; `merge_image_features` scatters the T*N/s^2 rows, in
+    order, into the text embeddings at the `<|patch|>` (`image_token_index`) positions.
 
 The text decoder (`herd.model.decoder.Llama4`) owns a `VisionModel` and a `MultiModalProjector` when
-`ModelConfig.vision` is set and calls `encode_images` + `merge_image_features` before its first layer:
+`ModelConfig.vision` is set and merges the features before its first layer:
 
     from herd.model.vision import VisionModel, MultiModalProjector, merge_image_features
     feats = projector(vision_model(pixel_values))           # (T, N/s^2, H)
@@ -37,8 +37,8 @@ from herd.model.vision_config import VisionConfig
 def vision_rope_table(cfg: VisionConfig, device: torch.device | str | None = None) -> torch.Tensor:
     """2-D axial RoPE rotations, complex64 (N+1, Dv/2), computed exactly as transformers' Llama4 vision tower.
 
-    Patch n sits at col = n % side, row = n // side. With k = Dv/4 and w_j = theta^(-4j/Dv), complex pair j < k
-    rotates by (col+1) w_j and pair k+j by (row+1) w_j. The CLS slot (last row) gets angle 0: no rotation.
+    Patch n sits at col = n % side, row = n // side. With k = Dv/4 and w_j = theta^(-4j/Dv), complex pair
+    j < k rotates by (col+1) w_j and pair k+j by (row+1) w_j. The CLS slot (last row) gets angle 0.
     """
     side = cfg.patches_per_side
     n = side * side
@@ -108,11 +108,12 @@ class VisionMLP(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU: HF hard-codes nn.GELU() whatever hidden_act says
+        # exact (erf) GELU: HF hard-codes nn.GELU() whatever hidden_act says
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class VisionEncoderLayer(nn.Module):
-    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)). LayerNorm eps is PyTorch's 1e-5 (HF ignores norm_eps)."""
+    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)). LayerNorm eps is 1e-5 (HF ignores norm_eps)."""
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
@@ -142,8 +143,8 @@ class VisionEncoder(nn.Module):
 def pixel_shuffle(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """(T, n*n, C) -> (T, (n/s)^2, s*s*C), s = 1/ratio: each s x s block of patches becomes one token.
 
-    Output token (i, j) is row-major over the coarse grid; its channels are ordered [row offset a, col offset b, c],
-    i.e. index a*s*C + b*C + c, which is what HF's view/permute sequence produces.
+    Output token (i, j) is row-major over the coarse grid; its channels are ordered [row offset a, col offset
+    b, c], i.e. index a*s*C + b*C + c, which is what HF's view/permute sequence produces.
     """
     t, n2, c = x.shape
     s = round(1.0 / ratio)
@@ -179,7 +180,7 @@ class VisionAdapter(nn.Module):
 
 
 class VisionModel(nn.Module):
-    """The Llama 4 vision tower: pixel tiles (T, C, img, img) -> adapter features (T, N/s^2, projector_output_dim)."""
+    """The Llama 4 vision tower: tiles (T, C, img, img) -> features (T, N/s^2, projector_output_dim)."""
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
@@ -197,8 +198,8 @@ class VisionModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """transformers' init: Linear ~ N(0, initializer_range), zero biases, unit LayerNorms, and the class and
-        positional embeddings ~ N(0, Cv^-1/2)."""
+        """transformers' init: Linear ~ N(0, initializer_range), zero biases, unit LayerNorms, and the
+        class and positional embeddings ~ N(0, Cv^-1/2)."""
         std = self.cfg.initializer_range
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -222,13 +223,14 @@ class VisionModel(nn.Module):
         c, img = self.cfg.num_channels, self.cfg.image_size
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (c, img, img):
             raise ValueError(
-                f"pixel_values must be tiles of shape (num_tiles, {c}, {img}, {img}) (vision.image_size={img}); "
-                f"got {tuple(pixel_values.shape)}. Split images into tiles with the Llama 4 image processor."
+                f"pixel_values must be tiles of shape (num_tiles, {c}, {img}, {img}) "
+                f"(vision.image_size={img}); got {tuple(pixel_values.shape)}. Split images into tiles "
+                "with the Llama 4 image processor."
             )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_pixel_values(pixel_values)
-        # The HF image processor emits bf16; compute in the weights' dtype (HF leaves that cast to the caller).
+        # The HF image processor emits bf16; compute in the weights' dtype (HF leaves that to the caller).
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.linear.weight.dtype))
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([x, cls], dim=1)  # CLS is appended LAST
@@ -254,33 +256,33 @@ def merge_image_features(
 ) -> torch.Tensor:
     """Write image features into the embeddings at the `<|patch|>` positions, row-major over (batch, seq).
 
-    `image_features` (any leading shape, last dim H) is consumed in order: tile by tile as given in pixel_values.
-    Every other token (`<|image|>`, `<|image_start|>`, separators) keeps its text embedding. Returns a new tensor,
-    so gradients flow to both the text embeddings and the vision tower.
+    `image_features` (any leading shape, last dim H) is consumed in order: tile by tile as given in
+    pixel_values. Every other token (`<|image|>`, `<|image_start|>`, separators) keeps its text embedding.
+    Returns a new tensor, so gradients flow to both the text embeddings and the vision tower.
     """
     h = inputs_embeds.shape[-1]
     feats = image_features.reshape(-1, image_features.shape[-1])
     if feats.shape[-1] != h:
-        raise ValueError(f"image features have width {feats.shape[-1]} but the text model's is {h}: project them "
-                         "with MultiModalProjector first")
+        raise ValueError(f"image features have width {feats.shape[-1]} but the text model's is {h}: "
+                         "project them with MultiModalProjector first")
     mask = input_ids == image_token_index
     n_tokens = int(mask.sum())
     if n_tokens != feats.shape[0]:
         raise ValueError(
             f"the prompt has {n_tokens} <|patch|> tokens (id {image_token_index}) but the images give "
-            f"{feats.shape[0]} feature rows: each tile needs exactly tokens_per_tile <|patch|> tokens; build the "
-            "prompt with the Llama 4 processor layout for the same tiles"
+            f"{feats.shape[0]} feature rows: each tile needs exactly tokens_per_tile <|patch|> tokens; build "
+            "the prompt with the Llama 4 processor layout for the same tiles"
         )
     return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
 
 
 def processor_configs(cfg: VisionConfig) -> dict[str, dict]:
-    """`preprocessor_config.json` and `processor_config.json` of a multimodal checkpoint (reference §4.4, §5.6).
+    """`preprocessor_config.json` and `processor_config.json` of a multimodal checkpoint (reference §4.4).
 
-    transformers' `AutoProcessor` and vLLM build the Llama 4 image processor and processor from these: tiles of
-    `image_size` pixels, rescale 1/255 then normalise with mean = std = 0.5, up to 16 tiles plus a global tile,
-    and `(image_size/patch)^2 * ratio^2` `<|patch|>` tokens per tile. The type name is the legacy "Fast" one,
-    which both transformers 5.24 and the older 5.x that vLLM pins resolve.
+    transformers' `AutoProcessor` and vLLM build the Llama 4 image processor and processor from these: tiles
+    of `image_size` pixels, rescale 1/255 then normalise with mean = std = 0.5, up to 16 tiles plus a global
+    tile, and `(image_size/patch)^2 * ratio^2` `<|patch|>` tokens per tile. The type name is the legacy
+    "Fast" one, which both transformers 5.24 and the older 5.x that vLLM pins resolve.
     """
     size = {"height": cfg.image_size, "width": cfg.image_size}
     preprocessor = {
@@ -292,7 +294,8 @@ def processor_configs(cfg: VisionConfig) -> dict[str, dict]:
     processor = {
         "processor_class": "Llama4Processor", "patch_size": cfg.patch_size,
         "pixel_shuffle_ratio": cfg.pixel_shuffle_ratio, "fake_image_token": "<|image|>",
-        "image_token": "<|image|>", "start_of_image_token": "<|image_start|>", "end_of_image_token": "<|image_end|>",
+        "image_token": "<|image|>", "start_of_image_token": "<|image_start|>",
+        "end_of_image_token": "<|image_end|>",
         "patch_token": "<|patch|>", "tile_x_separator_token": "<|tile_x_separator|>",
         "tile_y_separator_token": "<|tile_y_separator|>",
     }
