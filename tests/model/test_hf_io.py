@@ -95,7 +95,13 @@ def test_vllm_issues_flag_what_vllm_cannot_serve() -> None:
     ok = CFG.model_copy(update={"head_dim": 64, "attention_chunk_size": 128})
     assert vllm_issues(ok) == []
     bad = ModelConfig(
-        **{**CFG.model_dump(), "num_experts_per_tok": 2, "moe_layers": [0], "attention_chunk_size": 20}
+        **{
+            **CFG.model_dump(),
+            "num_experts_per_tok": 2,
+            "moe_layers": [0],
+            "attention_chunk_size": 20,
+            "head_dim": 12,
+        }
     )
     found = " ".join(vllm_issues(bad))
     for what in ("num_experts_per_tok=2", "moe_layers [0]", "attention_chunk_size=20", "head_dim=12"):
