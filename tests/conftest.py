@@ -16,6 +16,7 @@ Services are stopped by their own process ids at session end.
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import shutil
@@ -68,7 +69,7 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status < 500:
                     return
-        except OSError as e:  # connection refused / reset while starting
+        except (OSError, http.client.HTTPException) as e:  # refused / reset while starting
             last = e
         time.sleep(0.25)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
@@ -169,10 +170,28 @@ def mlflow_server() -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, 1 worker, no job runner). Yields its URI."""
     root = _SCRATCH / f"mlflow-server-{uuid.uuid4().hex[:6]}"
     root.mkdir()
-    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(
+    # free_port() can race with other services grabbing the port: retry on a fresh one if the server dies
+    for attempt in range(3):
+        port = free_port()
+        proc = _start_mlflow(root, port, env)
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(f"{uri}/health", 120, proc)
+            break
+        except (RuntimeError, TimeoutError):
+            _stop(proc)
+            if attempt == 2:
+                raise
+    try:
+        yield uri
+    finally:
+        _stop(proc)
+
+
+def _start_mlflow(root: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    with open(root / f"server-{port}.log", "wb") as log:
+        return subprocess.Popen(
             [
                 _bin("mlflow"), "server",
                 "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
@@ -184,12 +203,6 @@ def mlflow_server() -> Iterator[str]:
             env=env,
             start_new_session=True,
         )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{uri}/health", 90, proc)
-        yield uri
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture
