@@ -1,14 +1,15 @@
-"""MetaP coordinate check: activation and update sizes across widths, with MetaP and with the standard parametrization.
+"""MetaP coordinate check: activation and update sizes across width and depth, with and without MetaP.
 
     .venv/bin/python benchmarks/metap_coord_check.py            # widths 64..512 + depths 2..16, 2 seeds
-    .venv/bin/python benchmarks/metap_coord_check.py --quick    # widths 64..256, 1 seed
+    .venv/bin/python benchmarks/metap_coord_check.py --quick    # widths 64..256 + depths 2..8, 1 seed
 
-For each width, a 2-layer Llama 4 (one dense, one MoE layer; heads grow with width, head_dim 16) is trained for
-`--steps` AdamW steps at one learning rate on the same token batch, and every module's output is measured (RMS after
-training, and RMS of its change since init). μP's prediction (Yang et al. 2022, Tensor Programs V §D.1): with MetaP
-all curves are flat in width; with the standard parametrization (transformers' constant-std init, one global lr)
-updates grow with width, so the lr tuned at one width is wrong at another. Writes `docs/metap_coord_check.png` and
-replaces the "metap" section of `docs/benchmarks.md` with the table of log-log slopes.
+For each width, a 2-layer Llama 4 (one dense, one MoE layer; heads grow with width, head_dim 16) is trained
+for `--steps` AdamW steps at one learning rate on the same token batch, and every module's output is
+measured (RMS after training, and RMS of its change since init). μP's prediction (Yang et al. 2022, Tensor
+Programs V §D.1): with MetaP all curves are flat in width; with the standard parametrization (transformers'
+constant-std init, one global lr) updates grow with width, so the lr tuned at one width is wrong at another.
+The depth check does the same over 2..16 layers at width 128, MetaP with and without depth-μP. Writes
+`docs/metap_coord_check.png` and replaces the "metap" section of `docs/benchmarks.md` with the slope tables.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def plot(widths: list[int], results: dict[str, dict[str, list[float]]], depths: 
                     ax.plot(widths, values, marker="o", label=name.rsplit(".", 1)[0])
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{mode}: {'RMS of output after training' if kind == 'act' else 'RMS of update to output'}")
+            what = "RMS of output after training" if kind == "act" else "RMS of update to output"
+            ax.set_title(f"{mode}: {what}")
             ax.set_xlabel("width (hidden_size)")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -98,10 +100,9 @@ def main() -> None:
     }
     depths = [2, 4, 8] if args.quick else [2, 4, 8, 16]
     depth_results = {
-        "MetaP + depth-μP": metap.depth_check(depths, depth_scaling=True, width=DEPTH_WIDTH, steps=args.steps,
-                                             lr=args.lr, seeds=seeds),
-        "MetaP width only": metap.depth_check(depths, depth_scaling=False, width=DEPTH_WIDTH, steps=args.steps,
-                                             lr=args.lr, seeds=seeds),
+        name: metap.depth_check(depths, depth_scaling=scaled, width=DEPTH_WIDTH, steps=args.steps,
+                                lr=args.lr, seeds=seeds)
+        for name, scaled in (("MetaP + depth-μP", True), ("MetaP width only", False))
     }
     elapsed = time.time() - t0
     tab = table(widths, results)
@@ -115,23 +116,27 @@ def main() -> None:
     plot(widths, results, depths, depth_results, png)
     cmd = "python benchmarks/metap_coord_check.py" + (" --quick" if args.quick else "")
     worst = {m: max(abs(metap.width_slope(widths, v)) for v in results[m].values()) for m in results}
+    dworst = {m: max(abs(metap.width_slope(depths, v)) for v in depth_results[m].values())
+              for m in depth_results}
     text = f"""## metap: coordinate check
 
-`{cmd}` ({dt.date.today().isoformat()}, {elapsed:.0f} s on this 2-core CPU; {seeds} seed(s), {args.steps} AdamW
-steps at lr {args.lr:g}, widths {widths[0]}..{widths[-1]}, base width {widths[0]}). A 2-layer Llama 4 (dense + MoE
-layer, head_dim 16, heads growing with width) is trained on one token batch; each module's output is measured after
-training (`.act`: RMS) and against init (`.delta`: RMS of the change, the size of the learned update). The slope is
-d log(value) / d log(width): 0 means flat, 1 means growing linearly with width.
+`{cmd}` ({dt.date.today().isoformat()}; {elapsed:.0f} s wall on the shared 2-core machine; {seeds} seed(s),
+{args.steps} AdamW steps at lr {args.lr:g}, widths {widths[0]}..{widths[-1]}, base width {widths[0]}).
+A 2-layer Llama 4 (dense + MoE layer, head_dim 16, heads growing with width) is trained on one token batch; each
+module's output is measured after training (`.act`: RMS) and against init (`.delta`: RMS of the change,
+the size of the learned update). The slope is d log(value) / d log(width): 0 is flat, 1 grows linearly.
 
-MetaP (herd.model.metap: μP widths for Adam, per-parameter fan-in) keeps every series flat (largest |slope|
-{worst['MetaP']:.2f}); the standard parametrization (transformers' init, one global lr) drifts (largest |slope|
-{worst['SP']:.2f}), so an lr tuned at width {widths[0]} does not transfer. Plot: `docs/metap_coord_check.png`.
+MetaP (herd.model.metap: μP for Adam with per-parameter fan-in) keeps every series flat (largest |slope|
+{worst['MetaP']:.2f}); the standard parametrization (transformers' init, one global lr) drifts (largest
+|slope| {worst['SP']:.2f}), so an lr tuned at width {widths[0]} does not transfer. Plot:
+`docs/metap_coord_check.png`.
 
 {tab}
 
-Depth (width {DEPTH_WIDTH}, {depths[0]}..{depths[-1]} layers, base {depths[0]} layers): with depth-μP (residual-branch
-multiplier sqrt(L_base/L) folded into o_proj/down_proj, block lrs x sqrt(L_base/L)) the update to the logits and to
-the last layer's output stays flat in depth; with width rules only it grows.
+Depth (width {DEPTH_WIDTH}, {depths[0]}..{depths[-1]} layers, base {depths[0]} layers), update to the
+logits and to the last layer's output: with depth-μP (branch multiplier sqrt(L_base/L) folded into o_proj/down_proj,
+block lrs x sqrt(L_base/L)) the largest |slope| is {dworst['MetaP + depth-μP']:.2f}; with the width rules only
+it is {dworst['MetaP width only']:.2f}.
 
 {dtab}
 """

@@ -1,4 +1,5 @@
-"""MetaP rules: roles, per-parameter fan-in multipliers (experts included), depth-μP folding, AdamW groups, init."""
+"""MetaP rules: roles, per-parameter fan-in multipliers (experts included), depth-μP folding, AdamW groups,
+init."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ VISION = VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2
 
 def shape(width: int, *, layers: int = 4, inter: int | None = None, vision: VisionConfig | None = None,
           **kw) -> ModelConfig:
-    return ModelConfig(vocab_size=64, hidden_size=width, num_hidden_layers=layers, num_attention_heads=width // 16,
-                       num_key_value_heads=width // 32, head_dim=16, intermediate_size=inter or 2 * width,
+    return ModelConfig(vocab_size=64, hidden_size=width, num_hidden_layers=layers,
+                       num_attention_heads=width // 16, num_key_value_heads=width // 32, head_dim=16,
+                       intermediate_size=inter or 2 * width,
                        intermediate_size_mlp=4 * width, num_local_experts=4, interleave_moe_layer_step=2,
                        vision=vision, **kw)
 
@@ -36,7 +38,7 @@ def test_at_the_base_shape_metap_is_the_transformers_parametrization():
 
 
 def test_width_rules_follow_each_parameters_fan_in():
-    # 2x wider, but the expert width stays: experts.down_proj (fan-in I) must not be scaled, gate_up (fan-in H) must
+    # 2x wider, expert width fixed: experts.down_proj (fan-in I) must not scale, gate_up (fan-in H) must
     base, cfg = shape(64, inter=128), shape(128, inter=128)
     r = by_name(Llama4(cfg), base=base, depth_scaling=False)
     s = cfg.initializer_range

@@ -1,5 +1,6 @@
-"""MetaP coordinate check (Yang et al. 2022 §D.1), the fast version of benchmarks/metap_coord_check.py: after a few
-AdamW steps at one lr, activation and update sizes stay flat across widths with MetaP and grow without it."""
+"""MetaP coordinate check (Yang et al. 2022 §D.1), the fast version of benchmarks/metap_coord_check.py:
+after a few AdamW steps at one lr, activation and update sizes stay flat across widths (and, with depth-μP,
+depths) with MetaP and grow without it."""
 
 from __future__ import annotations
 
@@ -31,4 +32,5 @@ def test_depth_mup_keeps_updates_flat_across_depth():
     scaled = metap.depth_check(depths, depth_scaling=True, width=64, steps=6, lr=3e-3)
     plain = metap.depth_check(depths, depth_scaling=False, width=64, steps=6, lr=3e-3)
     assert max(abs(metap.width_slope(depths, v)) for v in scaled.values()) < 0.25, scaled
-    assert metap.width_slope(depths, plain["last.out.delta"]) > 0.6, plain  # deeper stacks move further per step
+    # without depth-μP, deeper stacks move further per step
+    assert metap.width_slope(depths, plain["last.out.delta"]) > 0.6, plain

@@ -1,5 +1,5 @@
-"""Vision tower unit tests: config validation, 2-D RoPE, pixel shuffle, bit parity of the tower with transformers'
-Llama4VisionModel, the <|patch|> merge, dtype casts."""
+"""Vision tower unit tests: config validation, 2-D RoPE, pixel shuffle, bit parity of the tower with
+transformers' Llama4VisionModel, the <|patch|> merge, dtype casts."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from herd.model.vision import (
 )
 from herd.model.vision_config import VisionConfig
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "image_size": 56,
-            "patch_size": 14, "projector_input_dim": 48, "projector_output_dim": 48, "vision_output_dim": 48}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+        "image_size": 56, "patch_size": 14, "projector_input_dim": 48, "projector_output_dim": 48,
+        "vision_output_dim": 48}
 
 
 def tiny(**kw) -> VisionConfig:
@@ -85,7 +86,8 @@ def test_pixel_shuffle_channel_order_and_hf_equivalence():
             for a in range(2):
                 for b in range(2):
                     # output token (i, j), channel block a*2+b holds patch (row 2i+a, col 2j+b)
-                    assert torch.equal(y[:, i * 2 + j, (a * 2 + b) * c:(a * 2 + b + 1) * c], grid[:, 2 * i + a, 2 * j + b])
+                    block = slice((a * 2 + b) * c, (a * 2 + b + 1) * c)
+                    assert torch.equal(y[:, i * 2 + j, block], grid[:, 2 * i + a, 2 * j + b])
     pytest.importorskip("transformers")
     from transformers.models.llama4.modeling_llama4 import pixel_shuffle as hf_pixel_shuffle
 

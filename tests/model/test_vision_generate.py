@@ -1,5 +1,6 @@
-"""Image prompts through the inference core: KV-cached greedy decoding with pixel_values equals greedy decoding by
-repeated full forwards (prompts of different lengths, an image in each, decoding across chunk boundaries)."""
+"""Image prompts through the inference core: KV-cached greedy decoding with pixel_values equals greedy
+decoding by repeated full forwards (prompts of different lengths, an image in each, decoding across chunk
+boundaries)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Text+image parity with transformers 5.24 Llama4ForConditionalGeneration on random weights (fp32,
 max |Δlogit| <= 1e-4), both ways: herd -> save_hf -> from_pretrained, and save_pretrained -> load_hf -> herd.
 
-5.24's `Llama4ForConditionalGeneration.forward` raises on every call (reference §7.8), so the HF logits are computed
-the way its forward would: embeddings -> get_image_features -> multi_modal_projector -> masked_scatter at
-<|patch|> -> language_model(inputs_embeds=...)."""
+5.24's `Llama4ForConditionalGeneration.forward` raises on every call (reference §7.8), so the HF logits are
+computed the way its forward would: embeddings -> get_image_features -> multi_modal_projector ->
+masked_scatter at <|patch|> -> language_model(inputs_embeds=...)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ PATCH = 9  # <|patch|> in herd's tokenizer
 VISION = VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                       image_size=56, patch_size=14, projector_input_dim=48, projector_output_dim=48,
                       vision_output_dim=48)
-TEXT = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-            "intermediate_size": 96, "intermediate_size_mlp": 128, "num_local_experts": 4, "attention_chunk_size": 16,
-            "floor_scale": 4, "router_balance": "aux_loss"}
+TEXT = {"vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "intermediate_size": 96, "intermediate_size_mlp": 128, "num_local_experts": 4,
+        "attention_chunk_size": 16, "floor_scale": 4, "router_balance": "aux_loss"}
 CONFIGS = {
     # interleaved MoE, top-1, GQA 2, untied; 4 layers: NoPE layer 3 with temperature active
     "interleaved_top1": dict(TEXT, num_hidden_layers=4, interleave_moe_layer_step=2, num_experts_per_tok=1),
@@ -37,11 +37,13 @@ CONFIGS = {
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     """Two prompts in the Llama 4 processor layout (4 <|patch|> per 56-px tile) longer than the chunk (16):
-    row 0 holds a 1x2-tile image (two tiles + the global tile), row 1 a single-tile image late in the sequence."""
+    row 0 holds a 1x2-tile image (two tiles + the global tile), row 1 a single-tile image late in the
+    sequence."""
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(13, 128, (2, 40), generator=g)
     p = [PATCH] * 4
-    row0 = [0, 6, *p, 10, *p, 11, 8, *p, 7]  # <|image_start|> tile <|tile_x|> tile <|tile_y|> <|image|> global <|image_end|>
+    # <|image_start|> tile <|tile_x|> tile <|tile_y|> <|image|> global-tile <|image_end|>
+    row0 = [0, 6, *p, 10, *p, 11, 8, *p, 7]
     row1 = [6, 8, *p, 7]
     ids[0, : len(row0)] = torch.tensor(row0)
     ids[1, 25 : 25 + len(row1)] = torch.tensor(row1)
@@ -80,7 +82,8 @@ def test_save_hf_loads_as_conditional_generation_with_equal_logits(cfg: ModelCon
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["Llama4ForConditionalGeneration"] and config["model_type"] == "llama4"
     assert config["image_token_index"] == PATCH
-    hf = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    hf = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path, attn_implementation="eager")
+    hf.eval()
     assert type(hf).__name__ == "Llama4ForConditionalGeneration"
     ids, px = _inputs()
     with torch.no_grad():
@@ -142,5 +145,6 @@ def test_multimodal_checkpoint_carries_processor_configs_transformers_reads(tmp_
     accepted = set(inspect.signature(transformers.Llama4Processor.__init__).parameters)
     assert set(processor) - {"processor_class"} <= accepted
     # the processor's <|patch|> count per tile equals what the tower emits
-    per_tile = (VISION.image_size // processor["patch_size"]) ** 2 // round(1 / processor["pixel_shuffle_ratio"] ** 2)
+    downsample = round(1 / processor["pixel_shuffle_ratio"] ** 2)
+    per_tile = (VISION.image_size // processor["patch_size"]) ** 2 // downsample
     assert per_tile == VISION.tokens_per_tile
