@@ -104,15 +104,16 @@ class AlphaConfig(_Section):
     rule:
       hard     alpha = 0: hard labels only (the baseline).
       fixed    alpha = `value` for every token and step (Hinton et al. 2015).
-      dynamic  alpha adapts (herd.train.losses.AlphaController): a global weight that follows how much of the
-               student's loss the teacher could still remove (EMA of the CE gap), times a per-token weight
-               that trusts the teacher where it predicts the true token well (Zhou et al. 2021).
+      dynamic  alpha adapts (herd.train.losses.AlphaController): a global weight that rises from `min` to
+               `max` as the student's CE closes in on the teacher's (EMAs; labels first, soft targets once
+               the student is near its teacher), times a per-token weight that trusts the teacher where it
+               predicts the true token well (Zhou et al. 2021).
     """
 
     rule: Literal["hard", "fixed", "dynamic"] = Field("dynamic", description="hard | fixed | dynamic.")
     value: float = Field(0.5, ge=0, le=1, description="fixed: the alpha used everywhere.")
-    min: float = Field(0.1, ge=0, le=1, description="dynamic: lowest global alpha (student caught up).")
-    max: float = Field(0.9, ge=0, le=1, description="dynamic: highest global alpha (student far behind).")
+    min: float = Field(0.1, ge=0, le=1, description="dynamic: lowest global alpha (student far behind).")
+    max: float = Field(0.9, ge=0, le=1, description="dynamic: highest global alpha (student caught up).")
     ema: float = Field(0.9, ge=0, lt=1, description="dynamic: EMA decay of the student/teacher CE estimates.")
     per_token: bool = Field(True, description="dynamic: reweight alpha per token by the teacher's probability "
                             "of the true token (normalized to mean 1 over the batch).")

@@ -104,15 +104,18 @@ class AlphaController:
 
     dynamic = global(t) * token_i, clipped to [0, 1]:
 
-    * global(t) = min + (max - min) * r_t, where r_t = clip((CE_s - CE_t) / CE_s, 0, 1) is the share of the
-      student's current hard-label loss that the teacher could still remove (CE_s, CE_t: EMAs over training
-      batches of the student's and the teacher's CE). Early on the student is far behind the teacher, so the
-      teacher's full distribution is the richer signal and alpha is high; as the student catches up, alpha
-      falls toward `min` and the hard labels dominate so the student is not capped at its teacher. This is the
-      "dynamically weighting soft and hard targets through training" of Llama 4 (Meta, 2025), driven by
-      measured progress instead of a hand-tuned step schedule; online codistillation (Anil et al. 2018,
-      "Large scale distributed neural network training through online distillation") likewise found a
-      too-early, too-strong teacher term harmful.
+    * global(t) = min + (max - min) * (1 - r_t), where r_t = clip(|CE_s - CE_t| / CE_s, 0, 1) is the share
+      of the student's current hard-label loss it still lags its teacher by (CE_s, CE_t: EMAs over training
+      batches of the student's and the teacher's CE); a student that has overtaken its teacher also gets a
+      lower alpha, since the teacher would pull it back. While the student is far behind, the labels carry the
+      strong, simple signal and alpha stays near `min`; as the student approaches its teacher, the teacher's
+      full distribution (the relative probabilities of the wrong tokens) is what is left to learn, and alpha
+      rises toward `max`. This is Llama 4's "dynamically weighting the soft and hard targets through
+      training" (Meta, 2025) driven by measured progress instead of a hand-tuned step schedule; online
+      codistillation (Anil et al. 2018, "Large scale distributed neural network training through online
+      distillation", sec. 3) turns the teacher term on only after a burn-in for the same reason. Measured
+      here (docs/benchmarks.md, "train"): early in training a strong soft term slows the student, and the
+      first version of this rule (alpha high while far behind) was the slowest of the three rules.
     * token_i = p_teacher(y_i) / mean_batch(p_teacher(y)): the teacher's probability of the true next token,
       normalized to mean 1 over the batch's target tokens. Tokens the teacher gets right take more soft
       weight, tokens it gets wrong lean on the label: the per-sample weighting of soft labels of Zhou et al.
@@ -133,9 +136,9 @@ class AlphaController:
         if c.rule == "fixed":
             return c.value
         if self.ce_student is None or self.ce_teacher is None or self.ce_student <= 0:
-            return c.max  # before any measurement the student is as far behind as it will ever be
-        r = min(max((self.ce_student - self.ce_teacher) / self.ce_student, 0.0), 1.0)
-        return c.min + (c.max - c.min) * r
+            return c.min  # before any measurement the student is as far behind as it will ever be
+        r = min(abs(self.ce_student - self.ce_teacher) / self.ce_student, 1.0)
+        return c.min + (c.max - c.min) * (1.0 - r)
 
     def token_alpha(self, p_true_teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """alpha per token, (B, S). p_true_teacher: teacher's (T=1) probability of each target token."""

@@ -74,13 +74,16 @@ def test_kl_term_vanishes_when_student_equals_teacher():
 
 def test_dynamic_alpha_follows_the_student_teacher_gap_and_checkpoints():
     ctl = AlphaController(AlphaConfig(rule="dynamic", min=0.1, max=0.9, ema=0.0, per_token=False))
-    assert ctl.global_alpha() == 0.9  # nothing measured yet: the student is as far behind as it gets
+    assert ctl.global_alpha() == 0.1  # nothing measured yet: the student is as far behind as it gets
     ctl.update(ce_student=8.0, ce_teacher=2.0)
     far = ctl.global_alpha()
     ctl.update(ce_student=2.2, ce_teacher=2.0)
     near = ctl.global_alpha()
-    ctl.update(ce_student=1.5, ce_teacher=2.0)  # student better than its teacher: hard labels dominate
-    assert far == pytest.approx(0.1 + 0.8 * 0.75) and near < far and ctl.global_alpha() == 0.1
+    ctl.update(ce_student=2.0, ce_teacher=2.0)  # caught up: the teacher's distribution is what is left
+    level = ctl.global_alpha()
+    ctl.update(ce_student=1.5, ce_teacher=2.0)  # overtook its teacher: the teacher would pull it back
+    assert far == pytest.approx(0.1 + 0.8 * 0.25) and far < near < level == pytest.approx(0.9)
+    assert ctl.global_alpha() == pytest.approx(0.1 + 0.8 * (1 - 0.5 / 1.5))
     state = ctl.state_dict()
     other = AlphaController(ctl.cfg)
     other.load_state_dict(state)
