@@ -43,6 +43,10 @@ def base_env(home: Path) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HERD_HOME", str(home))
+    if "ray._raylet" in sys.modules:
+        # Ray reads its auth settings once, at import: changing them now would give the cluster a token the
+        # driver does not send. Ray's own default then applies (a token in ~/.ray/auth_token).
+        return
     if "RAY_AUTH_TOKEN_PATH" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
         token = home / "ray_auth_token"
         if not token.exists():
@@ -124,7 +128,8 @@ class Runtime:
         self.prepare()
         import ray
 
-        token = os.environ.get("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN (env)")
+        token = os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+            "$RAY_AUTH_TOKEN" if "RAY_AUTH_TOKEN" in os.environ else str(Path.home() / ".ray" / "auth_token"))
         if ray.is_initialized():
             ctx = ray.get_runtime_context()
             self.ray = RayInfo(ctx.gcs_address, _dashboard(), token, started_here=False)
