@@ -124,3 +124,21 @@ def test_scout_and_maverick_have_llama4_sizes():
         assert text.num_active_params() == pytest.approx(17.2e9, rel=0.01)
         teacher = load_recipe(name).models["teacher"].model_copy(update={"vision": None})
         assert teacher.num_active_params() > 10 * text.num_active_params()
+
+
+def test_python_dash_m_herd_and_console_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, HERD_HOME=str(tmp_path / "home"))
+    res = subprocess.run([sys.executable, "-m", "herd", "--version"], capture_output=True, text=True, env=env,
+                         check=False, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("herd ")
+    script = Path(sys.executable).parent / "herd"
+    res = subprocess.run([str(script), "recipe", "validate", "tiny", "--set", "pretrain.steps=0"],
+                         capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "pretrain.steps = 0" in res.stderr
+    assert not (tmp_path / "home").exists()
