@@ -10,7 +10,8 @@ Same text, same tokenizer, same process, one run:
              that also adds BOS/EOS, packs into seq_len+1 rows with loss masks, streaming back to the driver,
              which writes snappy parquet shards plus the index. Ray is started (and warmed by a tiny pack)
              before timing: a flow starts Ray once for all its steps.
-Overhead = reference tokens/s / herd tokens/s - 1 (the brief's bar: at most 25%).
+Both run `--repeat` times, alternating; each keeps its best time (the least disturbed by other load).
+Overhead = reference tokens/s / herd tokens/s - 1 (the bar: at most 25%).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=20.0, help="megabytes of text")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="alternating repetitions (best time of each is kept)"
+    )
     args = ap.parse_args()
 
     import ray
@@ -74,17 +78,30 @@ def main() -> None:
         pq.write_table(pq.read_table(corpus / "documents.parquet").slice(0, 64), warm / "documents.parquet")
         pack_corpus(warm, work / "tok", cfg, {"pretrain": work / "warm_out"})
 
-        # reference: the tokenizer's own batch encode, same text, same batch size as the pipeline
-        t0 = time.perf_counter()
-        ref_tokens = 0
-        for i in range(0, len(texts), cfg.batch_docs):
-            ref_tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i : i + cfg.batch_docs],
-                                                                        add_special_tokens=False))
-        ref_s = time.perf_counter() - t0
+        def reference() -> tuple[float, int]:
+            """The tokenizer's own batch encode: same text, same batch size as the pipeline."""
+            t0 = time.perf_counter()
+            n = 0
+            for i in range(0, len(texts), cfg.batch_docs):
+                batch = tok.encode_batch_fast(texts[i : i + cfg.batch_docs], add_special_tokens=False)
+                n += sum(len(e.ids) for e in batch)
+            return time.perf_counter() - t0, n
 
-        t0 = time.perf_counter()
-        index = pack_corpus(corpus, work / "tok", cfg, {"pretrain": work / "packed"})["pretrain"]
-        herd_s = time.perf_counter() - t0
+        def herd(k: int) -> tuple[float, dict]:
+            t0 = time.perf_counter()
+            index = pack_corpus(corpus, work / "tok", cfg, {"pretrain": work / f"packed{k}"})["pretrain"]
+            return time.perf_counter() - t0, index
+
+        # Alternate the two, `repeat` times each, and keep each one's best time: on a shared 2-core box the
+        # load moves by the second, and the best time is the least disturbed measurement of each.
+        ref_times, herd_times = [], []
+        for k in range(args.repeat):
+            ref_s, ref_tokens = reference()
+            ref_times.append(ref_s)
+            herd_s, index = herd(k)
+            herd_times.append(herd_s)
+            shutil.rmtree(work / f"packed{k}")
+        ref_s, herd_s = min(ref_times), min(herd_times)
         ray.shutdown()
 
         # herd's rows also hold BOS/EOS per document (+2 tokens each): compare on the text tokens
@@ -102,6 +119,8 @@ def main() -> None:
             "rows": index["rows"],
             "reference_s": round(ref_s, 2),
             "herd_s": round(herd_s, 2),
+            "reference_runs_s": [round(t, 2) for t in ref_times],
+            "herd_runs_s": [round(t, 2) for t in herd_times],
             "reference_tokens_per_s": round(ref_tps),
             "herd_tokens_per_s": round(herd_tps),
             "overhead": round(ref_tps / herd_tps - 1, 3),
