@@ -1,6 +1,6 @@
 """Step cache keys, finished-step records, and the "why does this step run" explanation behind ``herd plan``.
 
-key = sha256(step name, herd version, code hash, resolved config JSON, input digests). The code hash covers the
+key = sha256(step name, herd version, code hash, resolved config JSON, input digests, declared outputs). The code hash covers the
 step function's source and the source files of the library modules the step declares in ``Step.code``.
 A finished step leaves ``steps/<name>/<key>.json`` (and ``latest.json``) in the artifact store with every
 component, so a later plan can name exactly what changed: a config field (old -> new), an input, the code, or
@@ -53,6 +53,7 @@ class StepRecord:
     code_hash: str
     config: dict[str, Any]
     inputs: dict[str, str]  # local input name -> artifact digest
+    declared: dict[str, str] = field(default_factory=dict)  # declared output name -> kind
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> artifact digest
     models: dict[str, str] = field(default_factory=dict)  # output name -> MLflow LoggedModel id
     run_id: str | None = None
@@ -74,9 +75,10 @@ class StepRecord:
 def components(step: Step, input_digests: dict[str, str]) -> StepRecord:
     """The cache-key components of ``step`` given its inputs' digests, as an unfinished record."""
     rec = StepRecord(step=step.name, key="", version=herd.__version__, code_hash=code_hash(step),
-                     config=step.config_json(), inputs=dict(sorted(input_digests.items())))
-    rec.key = hashlib.sha256(_canon([rec.step, rec.version, rec.code_hash, rec.config, rec.inputs]).encode()
-                             ).hexdigest()
+                     config=step.config_json(), inputs=dict(sorted(input_digests.items())),
+                     declared=dict(sorted(step.outputs.items())))
+    rec.key = hashlib.sha256(_canon([rec.step, rec.version, rec.code_hash, rec.config, rec.inputs,
+                                     rec.declared]).encode()).hexdigest()
     return rec
 
 
@@ -138,6 +140,8 @@ def explain(store: ArtifactStore, rec: StepRecord) -> list[str]:
         o, n = last.inputs.get(name), rec.inputs.get(name)
         if o != n:
             reasons.append(f"input {name} changed: {(o or '<none>')[:12]} -> {(n or '<none>')[:12]}")
+    if last.declared != rec.declared:
+        reasons.append(f"declared outputs changed: {_short(last.declared)} -> {_short(rec.declared)}")
     if last.code_hash != rec.code_hash:
         reasons.append("code changed (the step function or a module it declares)")
     if last.version != rec.version:
