@@ -1,6 +1,6 @@
 """Tokenize-and-pack throughput: herd's whole Ray Data pack step vs the tokenizer's own batch encode.
 
-    .venv/bin/python benchmarks/data_throughput.py                 # ~20 MB of text, results to stdout
+    .venv/bin/python benchmarks/data_throughput.py                 # ~50 MB of text, results to stdout
     .venv/bin/python benchmarks/data_throughput.py --mb 5 --json out.json
 
 Same text, same tokenizer, same process, one run:
@@ -49,7 +49,7 @@ def make_corpus(out: Path, megabytes: float) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=20.0, help="megabytes of text")
+    ap.add_argument("--mb", type=float, default=50.0, help="megabytes of text")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument(
         "--repeat", type=int, default=3, help="alternating repetitions (best time of each is kept)"
