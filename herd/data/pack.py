@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -323,10 +324,14 @@ def pack_corpus(
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     # Ordered execution: the same corpus gives byte-identical shards, hence a stable artifact digest.
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
+    log = logging.getLogger("ray.data")  # its per-run INFO plan/stats lines would drown the flow's progress
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
     try:
         return _pack(rd, Path(corpus_dir), Path(tokenizer_dir), cfg, out_dirs, weights or {})
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        log.setLevel(level)
 
 
 def _pack(
