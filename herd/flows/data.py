@@ -16,6 +16,7 @@ mtime), so a changed source file re-runs it; an unchanged pipeline is reused fro
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,7 +69,8 @@ def clean(ctx: StepContext) -> None:
         _commit(ctx, "corpus", Path(tmp), "parquet", meta)
     metrics = {k: stats[k] for k in ("rows_read", "documents", "chats", "images", "chars")}
     metrics |= {f"rejects.{r}": n for r, n in stats["rejects"].items()}
-    for name, st in stats["sources"].items():
+    for source, st in stats["sources"].items():
+        name = re.sub(r"[^\w\-. /]", "_", source)  # MLflow metric names allow only these characters
         metrics |= {f"source.{name}.{k}": st[k] for k in ("rows_read", "documents", "chats")}
         metrics |= {f"source.{name}.rejects.{r}": n for r, n in st["rejects"].items()}
     ctx.log_metrics(metrics, step=0)
