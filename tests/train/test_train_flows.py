@@ -5,6 +5,7 @@ the tokenizer and (student) the teacher, and a second run reuses both steps."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -48,7 +49,8 @@ def test_pretrain_then_distill(ray_local, herd_home):
             losses = [m.value for m in client.get_metric_history(rec.run_id, "ce")]
             # every log_every steps, plus the checkpoint step 15 (a report carries the checkpoint)
             assert [m.step for m in client.get_metric_history(rec.run_id, "ce")] == [10, 15, 20, 30]
-            assert losses[-1] < 0.75 * losses[0], (step, losses)  # from ~ln(1024) = 6.9 at init
+            # a fresh model predicts ~uniformly: CE = ln(1024) = 6.93; 30 small steps must get well below that
+            assert losses[-1] < losses[0] and losses[-1] < 0.7 * math.log(1024), (step, losses)
             run = client.get_run(rec.run_id)
             for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "eval/loss", "moe/layer1/entropy",
                         "moe/layer1/load_e0", "moe/layer1/imbalance"):
