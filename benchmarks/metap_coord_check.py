@@ -129,7 +129,8 @@ the size of the learned update). The slope is d log(value) / d log(width): 0 is 
 MetaP (herd.model.metap: μP for Adam with per-parameter fan-in) keeps every series flat (largest |slope|
 {worst['MetaP']:.2f}); the standard parametrization (transformers' init, one global lr) drifts (largest
 |slope| {worst['SP']:.2f}), so an lr tuned at width {widths[0]} does not transfer. Plot:
-`docs/metap_coord_check.png`.
+`docs/metap_coord_check.png`. MetaP's slight decrease of the logits is μP's vanishing readout term: lm_head
+starts at σ/m, so W_out·Δh shrinks with width while the learned ΔW_out·h stays constant.
 
 {tab}
 
