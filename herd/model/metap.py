@@ -180,7 +180,9 @@ def rules(
     depth_scaling: bool = True,
 ) -> list[ParamRule]:
     """The MetaP rule of every trainable parameter of `model` (a herd Llama4, or any module with HF names)."""
-    cfg = cfg if cfg is not None else getattr(model, "config", None)
+    if cfg is None:  # DDP / torch.compile wrappers keep the herd model under .module / ._orig_mod
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        cfg = getattr(model, "config", None) or getattr(inner, "config", None)
     if not isinstance(cfg, ModelConfig):
         raise TypeError("metap needs the model's ModelConfig: pass cfg=... or a model with .config")
     b, w = _base_shape(cfg, base), _widths_of(cfg)

@@ -139,3 +139,13 @@ def test_describe_lists_every_parameter():
     table = metap.describe(model, base=shape(32, layers=2))
     assert table.count("\n") == 1 + len(list(model.parameters()))
     assert "| lm_head.weight | output | 0.01 | 0.5 | 2 | 1 |" in table
+
+
+def test_wrapped_models_keep_their_rules():
+    base, cfg = shape(64), shape(128, layers=2)
+    model = Llama4(cfg)
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # what DistributedDataParallel looks like from outside
+    inner = {r.name: r.lr_mult for r in metap.rules(model, base=base)}
+    outer = {r.name.removeprefix("module."): r.lr_mult for r in metap.rules(wrapped, base=base)}
+    assert inner == outer
