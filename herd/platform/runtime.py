@@ -143,8 +143,10 @@ class Runtime:
                 kw["num_cpus"] = self.cfg.num_cpus
             if self.cfg.object_store_mb:
                 kw["object_store_memory"] = self.cfg.object_store_mb * 1024**2
+            # A second herd command (or any other local Ray) may hold the dashboard port: take a free one instead
+            # of failing; the progress display and `RayInfo.dashboard_url` say which.
             info = ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                            dashboard_port=self.cfg.dashboard_port, log_to_driver=True, **kw)
+                            dashboard_port=_free_port(self.cfg.dashboard_port), log_to_driver=True, **kw)
             started = True
         dash = info.dashboard_url or ""
         self.ray = RayInfo(info.address_info.get("gcs_address", self.ray_address or ""),

@@ -39,11 +39,9 @@ def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """MetaP groups from herd.model.metap when the model provides them, else the standard decay split."""
-    try:
+    if hasattr(model, "config"):  # a herd Llama4 (bare or wrapped): MetaP per-layer lr / wd / eps multipliers
         from herd.model.metap import param_groups as metap_groups
-    except ImportError:
-        metap_groups = None
-    if metap_groups is not None and hasattr(model, "config"):
+
         groups = metap_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
         return [dict(g) for g in groups]
     decay, no_decay = [], []
