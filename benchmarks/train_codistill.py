@@ -37,7 +37,7 @@ def main() -> None:
             recipe = load_recipe("tiny", [*base, f"distill.alpha.rule={rule}"])
             if rt is None:
                 rt = Runtime(recipe.runtime)
-            steps, _ = pipeline_steps(recipe, ["distill"], strict=True)
+            steps = pipeline_steps(recipe, ["distill"])
             runner = Runner(rt, progress=False)
             t0 = time.perf_counter()
             res = runner.run(steps, ["distill.train"], recipe_source="tiny")

@@ -81,8 +81,8 @@ def _runtime(rec, address: str | None, tracking_uri: str | None, store: str | No
     return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store)
 
 
-def pipeline_steps(rec, flows: list[str] | None = None, strict: bool = False):
-    """Steps of the registered flows (all, in pipeline order); with ``strict`` a missing flow is an error."""
+def pipeline_steps(rec, flows: list[str] | None = None):
+    """Steps of all registered flows, in pipeline order (``flows`` only selects targets; upstream steps stay)."""
     from herd import flows as registry
     from herd.platform.errors import FlowError
 
@@ -90,17 +90,15 @@ def pipeline_steps(rec, flows: list[str] | None = None, strict: bool = False):
     for f in flows or []:
         if f not in registry.FLOWS:
             raise FlowError(f"unknown flow {f!r}; registered flows: {', '.join(names)}")
-    steps, missing = [], []
+    steps = []
     for name in names:
         try:
             build = registry.builder(name)
         except ModuleNotFoundError as e:
-            if strict and name in (flows or []):
-                raise FlowError(f"flow {name!r} is registered but its module is not available ({e})") from None
-            missing.append(name)
-            continue
+            raise FlowError(f"flow {name!r} is registered in herd/flows/__init__.py but cannot be imported ({e}); "
+                            "fix or remove its FLOWS entry") from None
         steps.extend(build(rec))
-    return steps, missing
+    return steps
 
 
 def _targets(steps, flows: list[str] | None) -> list[str] | None:
@@ -112,12 +110,7 @@ def _targets(steps, flows: list[str] | None) -> list[str] | None:
 def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None) -> None:
     try:
         rec = _load(recipe, sets)
-        steps, missing = pipeline_steps(rec, flows, strict=bool(flows))
-        if missing and not flows:
-            err.print(f"[dim]flows not available yet (skipped): {', '.join(missing)}[/]")
-        if not steps:
-            err.print("nothing to run: no registered flow is available")
-            raise typer.Exit(0)
+        steps = pipeline_steps(rec, flows)
         from herd.platform.runner import Runner
 
         rt = _runtime(rec, address, tracking_uri, store)
@@ -156,7 +149,7 @@ def plan(flow_name: Annotated[str | None, typer.Argument(metavar="[FLOW]", help=
 
     try:
         rec = _load(recipe, set_)
-        steps, missing = pipeline_steps(rec, [flow_name] if flow_name else None, strict=bool(flow_name))
+        steps = pipeline_steps(rec, [flow_name] if flow_name else None)
         rt = _runtime(rec, None, None, store)
         entries = Runner(rt, progress=False).plan(steps, _targets(steps, [flow_name] if flow_name else None))
     except HerdError as e:
@@ -169,8 +162,6 @@ def plan(flow_name: Annotated[str | None, typer.Argument(metavar="[FLOW]", help=
         color = "cyan" if e.action == "reuse" else "yellow"
         t.add_row(e.step, f"[{color}]{e.action}[/]", "; ".join(e.reasons))
     out.print(t)
-    if missing:
-        out.print(f"[dim]flows not available yet: {', '.join(missing)}[/]")
 
 
 class Fmt(str, Enum):

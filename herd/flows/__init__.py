@@ -6,14 +6,12 @@ step only its own config section. Register it with ONE line in ``FLOWS`` below (
     "pretrain": "herd.flows.pretrain:build",
 
 Entries are ``"module:function"`` strings so ``herd --help`` never imports torch; ``builder(name)`` imports on
-use. An entry whose module does not exist yet is skipped by ``herd run`` (it runs the flows that exist) and
-reported by ``herd flow NAME``.
+use. Register a flow in the same change that adds its module: an entry that cannot be imported is an error.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,7 +30,7 @@ FLOWS: dict[str, str | Builder] = {
 
 
 def builder(name: str) -> Builder:
-    """The builder of flow ``name``; raises ModuleNotFoundError if its module is not written yet."""
+    """The builder of flow ``name`` (imported on first use)."""
     entry = FLOWS[name]
     if callable(entry):
         return entry
@@ -40,16 +38,4 @@ def builder(name: str) -> Builder:
     return getattr(importlib.import_module(module), func)
 
 
-def available() -> dict[str, Builder]:
-    """Registered flows whose module exists, in pipeline order."""
-    out: dict[str, Builder] = {}
-    for name, entry in FLOWS.items():
-        if not callable(entry):
-            mod = entry.partition(":")[0]
-            if importlib.util.find_spec(mod) is None:
-                continue
-        out[name] = builder(name)
-    return out
-
-
-__all__ = ["FLOWS", "available", "builder"]
+__all__ = ["FLOWS", "builder"]
