@@ -24,8 +24,7 @@ SHARDS, VAL, TOKENIZER = "data.pack.pretrain", "data.pack.pretrain_val", "data.t
 
 
 def train(ctx: StepContext) -> None:
-    from herd.train.api import train_and_export
-    from herd.train.plots import log_to_mlflow
+    from herd.train.api import run_train_step
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["pretrain"]
@@ -37,11 +36,7 @@ def train(ctx: StepContext) -> None:
     ctx.log_params({"model": cfg.model, "params": model_cfg.num_params(),
                     "active_params": model_cfg.num_active_params(), "steps": cfg.steps,
                     "workers": cfg.workers.num_workers, "precision": cfg.precision})
-    plots = ctx.output_dir("plots", format="png")
-    train_and_export(job, out_dir=ctx.output_dir("model", format="hf"),
-                     tokenizer=ctx.inputs["tokenizer"].local_path(), storage=ctx.ray_train_storage(),
-                     run_name=ctx.train_run_name, log_metrics=ctx.log_metrics, plots_dir=plots)
-    log_to_mlflow(ctx.tracking_uri, ctx.run_id, plots)  # in the driver: the step's MLflow run shows them
+    run_train_step(ctx, job)
 
 
 def build(recipe: Recipe) -> list[Step]:

@@ -1,8 +1,6 @@
 """One call for a flow step: train on Ray Train, show progress, relay metrics, export the model and plots.
 
-    result = train_and_export(job, out_dir=ctx.output_dir("model", format="hf"), tokenizer=tok_dir,
-                              storage=ctx.ray_train_storage(), run_name=ctx.train_run_name,
-                              log_metrics=ctx.log_metrics, plots_dir=ctx.output_dir("plots"))
+    outcome = run_train_step(ctx, job)      # in a trainer flow's step function (herd/flows/pretrain.py)
 
 The model directory is a transformers Llama 4 checkpoint (herd.model.save_hf) with the tokenizer beside it and
 `training.json` (final metrics, steps, run name, where it resumed from).
@@ -14,10 +12,13 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from herd.train.plots import write_plots
+from herd.train.plots import log_to_mlflow, write_plots
 from herd.train.ray_trainer import TrainJob, TrainOutcome, run_training
+
+if TYPE_CHECKING:
+    from herd.platform.step import StepContext
 
 
 class _ProgressBar:
@@ -82,6 +83,20 @@ def train_and_export(job: TrainJob, *, out_dir: str | Path, storage: tuple[str, 
     export(job, outcome, out_dir, tokenizer)
     if plots_dir is not None:
         write_plots(outcome.history, plots_dir, title=job.kind)
+    return outcome
+
+
+def run_train_step(ctx: StepContext, job: TrainJob) -> TrainOutcome:
+    """The body of every trainer flow step: train, export to the step's `model` output (with its `tokenizer` input
+    beside the weights), write the plots to its `plots` output and attach them to the step's MLflow run.
+
+    The step declares `inputs={"tokenizer": ...}` and `outputs={"model": "model", "plots": "image"}`, and runs
+    `in_driver` (the Ray Train workers need the CPUs)."""
+    plots = ctx.output_dir("plots", format="png")
+    outcome = train_and_export(job, out_dir=ctx.output_dir("model", format="hf"),
+                               tokenizer=ctx.inputs["tokenizer"].local_path(), storage=ctx.ray_train_storage(),
+                               run_name=ctx.train_run_name, log_metrics=ctx.log_metrics, plots_dir=plots)
+    log_to_mlflow(ctx.tracking_uri, ctx.run_id, plots)  # in the driver: only it writes to MLflow
     return outcome
 
 
