@@ -48,6 +48,7 @@ def build(recipe: Recipe) -> list[Step]:
                 f"models.{cfg.teacher}": recipe.models[cfg.teacher]},
         inputs={"shards": SHARDS, "val": VAL, "tokenizer": TOKENIZER, "teacher": TEACHER},
         outputs={"model": "model", "plots": "image"},
+        roles={"model": "student"},
         resources=Resources(cpus=0),
         in_driver=True,
         code=["herd.train", "herd.model"],

@@ -46,6 +46,7 @@ def build(recipe: Recipe) -> list[Step]:
         config={"pretrain": cfg, f"models.{cfg.model}": recipe.models[cfg.model]},
         inputs={"shards": SHARDS, "val": VAL, "tokenizer": TOKENIZER},
         outputs={"model": "model", "plots": "image"},
+        roles={"model": "teacher"},
         resources=Resources(cpus=0),  # in the driver; the Ray Train workers reserve the CPUs
         in_driver=True,
         code=["herd.train", "herd.model"],

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from herd.platform.errors import FlowError
+from herd.platform.roles import check_role
 from herd.platform.store import Artifact, ArtifactStore
 
 OUTPUT_KINDS = ("dataset", "model", "tokenizer", "checkpoint", "report", "image", "file")
@@ -70,6 +71,8 @@ class Step:
     in_driver   run in the driver process instead of a Ray task: for steps that hand off to Ray Train or Ray
                 Serve (a task holding a CPU would starve a 2-worker Ray Train job on 2 CPUs).
     code        library modules whose source is part of the cache key (the step function's own source always is).
+    roles       model output name -> role (``herd.platform.roles``): what the model is (teacher, student, sft, ...).
+                The evaluate, quantize and deploy flows and the Model Registry find models by role.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Step:
     in_driver: bool = False
     code: list[str] = field(default_factory=list)
     description: str = ""
+    roles: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         flow, dot, local = self.name.partition(".")
@@ -95,6 +99,13 @@ class Step:
             if kind not in OUTPUT_KINDS:
                 raise FlowError(f"step {self.name}: output {out!r} has kind {kind!r}; use one of "
                                 f"{', '.join(OUTPUT_KINDS)}")
+        for out, role in self.roles.items():
+            if self.outputs.get(out) != "model":
+                raise FlowError(f"step {self.name}: role {role!r} names {out!r}, which is not a model output")
+            try:
+                check_role(role)
+            except ValueError as e:
+                raise FlowError(f"step {self.name}: {e}") from None
         if not callable(self.fn):
             raise FlowError(f"step {self.name}: fn must be a function taking the StepContext")
 
