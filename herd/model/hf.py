@@ -144,15 +144,19 @@ def save_hf(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = 5 * 1024**3,
+    tensors: dict[str, torch.Tensor] | None = None,
+    config_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a transformers Llama 4 checkpoint (``Llama4ForCausalLM`` or, with a vision tower,
     ``Llama4ForConditionalGeneration``). ``dtype`` casts floating tensors (e.g. torch.bfloat16 for serving);
-    checkpoints above ``max_shard_bytes`` are sharded with a ``model.safetensors.index.json``."""
+    checkpoints above ``max_shard_bytes`` are sharded with a ``model.safetensors.index.json``.
+    ``tensors`` replaces the model's HF tensors and ``config_extra`` adds config.json keys (herd.quantize writes
+    a compressed-tensors export this way: packed tensors plus ``quantization_config``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     _warn_router_bias(model)
-    tensors = hf_state_dict(model)
+    tensors = hf_state_dict(model) if tensors is None else tensors
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
@@ -161,6 +165,7 @@ def save_hf(
         **cfg.to_hf_dict(),
         "dtype": str(weight_dtype).removeprefix("torch."),
         "transformers_version": TRANSFORMERS_VERSION,
+        **(config_extra or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(_generation_config(cfg), indent=2) + "\n")
@@ -261,11 +266,21 @@ def load_hf(
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointError(f"no config.json in {path}: pass a Hugging Face checkpoint directory")
+    config = json.loads((path / "config.json").read_text())
+    qcfg = config.pop("quantization_config", None)  # how the tensors are stored, not part of the architecture
     try:
-        cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()), **(overrides or {}))
+        cfg = ModelConfig.from_hf_dict(config, **(overrides or {}))
     except ValueError as e:  # pydantic's ValidationError included
         raise CheckpointError(f"{path / 'config.json'} is not a Llama 4 config herd can build: {e}") from e
-    sd = to_herd_keys(_read_tensors(path), cfg)
+    tensors = _read_tensors(path)
+    if qcfg is not None:  # a quantized export: dequantize packed weights (herd.quantize.load_quantized keeps them)
+        if qcfg.get("quant_method") != "compressed-tensors":
+            raise CheckpointError(f"{path}: quant_method {qcfg.get('quant_method')!r} is not supported; herd reads "
+                                  "compressed-tensors exports (herd.quantize, llm-compressor)")
+        from herd.quantize.export import decompress_tensors
+
+        tensors = decompress_tensors(tensors, qcfg)
+    sd = to_herd_keys(tensors, cfg)
     if cfg.vision is None:
         sd = {k: v for k, v in sd.items() if not k.startswith(("vision_model.", "multi_modal_projector."))}
     if cfg.tie_word_embeddings:
