@@ -15,18 +15,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------------- posttrain
 # moved to herd.posttrain.config (the library owns its section); re-exported here for the Recipe
-from herd.posttrain.config import DPOConfig, PostTrainConfig, RLConfig, SFTConfig  # noqa: E402
+from herd.posttrain.config import DPOConfig, PostTrainConfig, RLConfig, SFTConfig
 
 # --------------------------------------------------------------------------------------------- quantize
 # moved to herd.quantize.config (its library); re-exported here for existing imports
-from herd.quantize.config import CalibrationConfig, QuantizeConfig, QuantScheme, QuantSchemeName  # noqa: E402,F401
+from herd.quantize.config import CalibrationConfig, QuantizeConfig, QuantScheme, QuantSchemeName  # noqa: F401
 
 # --------------------------------------------------------------------------------------------- evaluate
 EvalSuite = Literal["perplexity", "knowledge", "arithmetic", "needle", "image", "chat"]
@@ -71,7 +70,7 @@ class EvaluateConfig(_Section):
 
 # --------------------------------------------------------------------------------------------- deploy
 # The deploy section lives with its library (herd.serve.config); re-exported here for older imports.
-from herd.serve.config import DeployConfig, ReplicaConfig  # noqa: E402
+from herd.serve.config import DeployConfig, ReplicaConfig
 
 __all__ = ["CalibrationConfig", "DPOConfig", "DeployConfig", "EvaluateConfig", "NeedleConfig", "PostTrainConfig",
            "QuantScheme", "QuantizeConfig", "RLConfig", "ReplicaConfig", "SFTConfig"]

@@ -70,7 +70,8 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 def _batch(rows: dict[str, torch.Tensor], device: torch.device) -> Batch:
-    return Batch.from_rows(rows["input_ids"], rows["loss_mask"]).to(device)
+    extras = {k: v for k, v in rows.items() if k not in ("input_ids", "loss_mask")}  # objective-specific
+    return Batch.from_rows(rows["input_ids"], rows["loss_mask"], extras).to(device)
 
 
 class Trainer:

@@ -33,14 +33,20 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     mask: torch.Tensor
+    # objective-specific tensors from the data source (RL: per-token advantages and sampler log-probs aligned
+    # with y; DPO: reference log-probs per row); a (B, seq_len+1) tensor is shifted like loss_mask
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_rows(cls, ids: torch.Tensor, loss_mask: torch.Tensor) -> Batch:
+    def from_rows(cls, ids: torch.Tensor, loss_mask: torch.Tensor,
+                  extras: dict[str, torch.Tensor] | None = None) -> Batch:
         """Rows of seq_len+1 tokens (the packed-shard contract): x = ids[:-1], y = ids[1:], mask = mask[1:]."""
-        return cls(ids[:, :-1].long(), ids[:, 1:].long(), loss_mask[:, 1:].float())
+        ex = {k: (v[:, 1:] if v.dim() == 2 and v.shape == ids.shape else v) for k, v in (extras or {}).items()}
+        return cls(ids[:, :-1].long(), ids[:, 1:].long(), loss_mask[:, 1:].float(), ex)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.x.to(device), self.y.to(device), self.mask.to(device))
+        return Batch(self.x.to(device), self.y.to(device), self.mask.to(device),
+                     {k: v.to(device) for k, v in self.extras.items()})
 
     @property
     def n_targets(self) -> int:

@@ -1,0 +1,63 @@
+"""Verifiable rewards for RL and the judge: arithmetic (herd's check_answer), knowledge exact match, format, and a
+user's own `module:function`.
+
+    correct = is_correct(prompt, "12 + 3 = 15. The answer is 15.")      # prompt: a Prompt (capability, answer)
+    r = reward(prompt, completion, stopped=True, format_weight=0.1)     # correctness + format bonus
+
+A user reward is `fn(completion: str, row: dict) -> float` (named `module:function` in the recipe and imported
+when the recipe loads); its value is the correctness score, in [0, 1] by convention (>= 0.5 counts as solved).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from herd.data.synthetic.arithmetic import check_answer
+
+_FINAL = re.compile(r"The answer is -?\d+\.\s*$")
+
+
+@dataclass
+class Prompt:
+    """One RL / judge prompt: the chat messages to complete, the reference answer and its capability."""
+
+    prompt_id: str
+    messages: list[dict[str, str]]
+    answer: str
+    capability: str  # arithmetic | knowledge | <user tag>
+    reward_fn: str | None = None  # user 'module:function' (rows from sources with `reward`)
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.strip().lower().rstrip(".").split())
+
+
+def is_correct(p: Prompt, completion: str) -> float:
+    """Correctness in [0, 1]: arithmetic by the last integer, knowledge by normalized exact match."""
+    if p.reward_fn is not None:
+        from herd.posttrain.config import resolve_callable
+
+        return float(resolve_callable(p.reward_fn)(completion=completion, row=p.row))  # type: ignore[operator]
+    if p.capability == "arithmetic":
+        return float(check_answer(completion, p.answer))
+    return float(normalize(completion) == normalize(p.answer))
+
+
+def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
+    """The answer ended with the stop token, and arithmetic ends with 'The answer is N.'."""
+    if not stopped:
+        return False
+    return bool(_FINAL.search(completion)) if p.capability == "arithmetic" else len(completion) <= 200
+
+
+def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float) -> tuple[float, float]:
+    """(total reward, correctness). Format only adds on top of correctness, so a wrong answer never wins by
+    format alone while a right one that also stops cleanly scores highest."""
+    c = is_correct(p, completion)
+    return c + format_weight * float(format_ok(p, completion, stopped)), c
+
+
+__all__ = ["Prompt", "format_ok", "is_correct", "normalize", "reward"]
