@@ -10,6 +10,11 @@ Layout of one checkpoint directory (Ray Train merges every rank's files into the
 `load()` refuses a directory without COMPLETE.json, with a missing file, with another world size or with
 another config hash (CheckpointError), so a partial or orphaned checkpoint, or one of a different
 configuration, is never loaded.
+
+Every file loads with ``torch.load(weights_only=True)``: a checkpoint (possibly read back from shared storage)
+can never run code. So the schema is plain data only: tensors, lists, tuples, dicts, ints, floats, strings,
+bools and None. RNG states are stored in that form (`rng_state`); anything a trainer adds to the rank state
+(a ledger, a sampler's RNG, a rollout buffer) must be too, or `save` refuses it (`check_plain`).
 """
 
 from __future__ import annotations
@@ -31,18 +36,61 @@ class CheckpointError(RuntimeError):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """torch, python and numpy global RNG states as plain data (loadable with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)  # {'bit_generator', 'state': {'key', 'pos'}, 'has_gauss', ...}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  # int64 holds every uint32 word exactly; numpy's ndarray itself would need weights_only=False
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state({"bit_generator": npy["bit_generator"],
+                         "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
+                         "has_gauss": npy["has_gauss"], "gauss": npy["gauss"]})
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+_PLAIN = (torch.Tensor, str, int, float, bool, bytes, type(None))
+
+
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise CheckpointError unless `obj` is plain data that `torch.load(weights_only=True)` reads back.
+
+    Called on everything `save` writes, so a component that puts e.g. a numpy array or a dataclass into its
+    state_dict fails at the first checkpoint with the path to the offending value, not at resume time.
+    """
+    if isinstance(obj, _PLAIN) or isinstance(obj, torch.dtype | torch.device | torch.Size):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str | int | float | bool | type(None)):
+                raise CheckpointError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoint keys must be "
+                                      "str or int")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}: checkpoints hold only "
+                          "tensors, lists, tuples, dicts, ints, floats, strings, bools and None (they load with "
+                          "weights_only=True); convert it in its state_dict (e.g. numpy -> torch.from_numpy)")
 
 
 def save(directory: str | Path, *, rank: int, world_size: int, step: int, config_hash: str,
@@ -51,11 +99,13 @@ def save(directory: str | Path, *, rank: int, world_size: int, step: int, config
     """Write this rank's share of a checkpoint into `directory` (rank 0 also writes model, optim, marker)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    check_plain(rank_state, "rank_state")
     torch.save(rank_state, d / f"rank{rank}.pt")
     if rank != 0:
         return
     if model_state is None or optim_state is None:
         raise ValueError("rank 0 must pass model_state and optim_state")
+    check_plain(optim_state, "optim_state")
     torch.save(model_state, d / "model.pt")
     torch.save(optim_state, d / "optim.pt")
     files = ["model.pt", "optim.pt"] + [f"rank{r}.pt" for r in range(world_size)]
@@ -94,10 +144,10 @@ def load(directory: str | Path, *, rank: int, world_size: int, config_hash: str
     """(marker, model_state, optim_state, this rank's state) of a validated checkpoint."""
     d = Path(directory)
     marker = validate(d, world_size=world_size, config_hash=config_hash)
-    # weights_only=False: the rank state holds python/numpy RNG tuples; these files are our own.
+    # weights_only=True everywhere: unpickling a checkpoint from shared storage must never run code.
     model_state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    optim_state = torch.load(d / "optim.pt", map_location="cpu", weights_only=False)
-    rank_state = torch.load(d / f"rank{rank}.pt", map_location="cpu", weights_only=False)
+    optim_state = torch.load(d / "optim.pt", map_location="cpu", weights_only=True)
+    rank_state = torch.load(d / f"rank{rank}.pt", map_location="cpu", weights_only=True)
     return marker, model_state, optim_state, rank_state
 
 
