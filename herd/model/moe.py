@@ -80,7 +80,11 @@ class MLP(nn.Module):
 
 
 class Experts(nn.Module):
-    """E routed SwiGLU experts in transformers' fused layout (plain Parameters, x @ W)."""
+    """E routed SwiGLU experts in transformers' fused layout (plain Parameters, x @ W).
+
+    The quantization seam: MoE only calls ``forward(x_sorted, counts)`` and ``one(x, e)``, so any module with
+    those two methods can replace ``MoE.experts`` from outside (``herd.quantize.modules.PackedExperts`` runs
+    per-expert packed int8/int4 kernels this way)."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int):
         super().__init__()
