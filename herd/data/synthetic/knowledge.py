@@ -365,3 +365,24 @@ def question(person: Person, attribute: str) -> tuple[str, str]:
     q, a = QUESTIONS[attribute]
     f = person.fields()
     return q.format(**f), a.format(**f)
+
+
+# Answer pools per attribute, for multiple choice: distractors are answers of the same kind (another city for a
+# city), so a model cannot pick the right option by its type alone.
+ANSWER_POOLS: dict[str, list[str]] = {
+    "birth": [str(y) for y in range(1920, 2005)],
+    "city": CITIES,
+    "university": UNIVERSITIES,
+    "occupation": OCCUPATIONS,
+    "employer": COMPANIES,
+}
+
+
+def distractors(attribute: str, answer: str, k: int, rng: np.random.Generator) -> list[str]:
+    """`k` distinct wrong answers of the same kind as `answer` (for a multiple-choice item on `attribute`)."""
+    if attribute not in ANSWER_POOLS:
+        raise ValueError(f"unknown attribute {attribute!r}; one of {', '.join(ANSWER_POOLS)}")
+    pool = [a for a in dict.fromkeys(ANSWER_POOLS[attribute]) if a != answer]
+    if k > len(pool):
+        raise ValueError(f"{attribute}: {k} distractors asked, only {len(pool)} other answers exist")
+    return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]

@@ -8,6 +8,8 @@ them apart for the evaluator (context, question, answer, depth).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 ADJ = [
@@ -175,4 +177,23 @@ def needle_document(key: str, value: str, depth: float, n_words: int, rng: np.ra
     sentences = [sentence(rng) for _ in range(max(1, n_words // 10))]
     pos = round(depth * len(sentences))
     sentences.insert(pos, f"The secret code for {key} is {value}.")
+    return " ".join(sentences)
+
+
+def token_haystack(key: str, value: str, depth: float, n_tokens: int, count_tokens: Callable[[str], int],
+                   rng: np.random.Generator) -> str:
+    """Filler of about `n_tokens` tokens (as `count_tokens` counts them) with the needle sentence at relative
+    `depth`, placed between sentences (the NIAH convention: the needle never splits a sentence)."""
+    needle = f"The secret code for {key} is {value}."
+    budget = n_tokens - count_tokens(" " + needle)
+    sentences: list[str] = []
+    used = 0
+    while True:
+        s = sentence(rng)
+        cost = count_tokens(" " + s)  # tokens of a sentence in running text (after a space)
+        if sentences and used + cost > budget:
+            break
+        sentences.append(s)
+        used += cost
+    sentences.insert(round(depth * len(sentences)), needle)
     return " ".join(sentences)
