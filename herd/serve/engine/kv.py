@@ -1,0 +1,198 @@
+"""The KV-cache slot pool and the attention of one engine step over it.
+
+A fixed pool of ``num_slots`` sequences, allocated once. NoPE (full-attention) layers keep ``max_len`` keys per
+slot; chunked-attention layers keep only the current chunk (C keys, position p at slot p mod C), as
+``herd.model.generate.KVCache`` does, so long contexts cost O(C) there.
+
+One engine step runs ONE forward over a packed batch (1, T): the tokens of every scheduled sequence laid end to
+end, each with its own position. The pool is the ``KVStore`` attention calls (``prefilling`` False, so every
+layer goes through ``attend``), and ``attend`` splits the packed step by the ``StepPlan`` set before the forward:
+
+- rows of one token (decoding sequences, and 1-token prefill chunks) are attended together in one batched
+  ``scaled_dot_product_attention`` over the pool's slot rows, masked per row to its own length;
+- rows of several tokens (a prefill chunk appended to a live slot at any position) are attended one by one:
+  cached keys of the slot (the chunk's prefix on chunked layers) plus the new keys, causal and chunk-aligned.
+
+Positions, RoPE, NoPE temperature and chunk boundaries are each sequence's own (chunks aligned to its position
+0), so a sequence's logits do not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from herd.model.attention import causal_attention
+from herd.model.config import ModelConfig
+
+
+@dataclass
+class Segment:
+    """A multi-token run of the packed step: ``n`` tokens of ``slot`` at positions start..start+n-1, packed at
+    ``offset``."""
+
+    slot: int
+    start: int
+    n: int
+    offset: int
+
+
+@dataclass
+class StepPlan:
+    """Where each packed token goes. The first ``len(single_slots)`` packed tokens are 1-token rows."""
+
+    single_slots: list[int]
+    single_pos: list[int]
+    segments: list[Segment]
+    device: torch.device
+    _cache: dict[int | None, tuple] = field(default_factory=dict)
+
+    def single(self, chunk: int | None, num_slots: int) -> tuple:
+        """Tensors of the 1-token rows for layers of chunk size ``chunk`` (computed once per step, per kind)."""
+        if chunk in self._cache:
+            return self._cache[chunk]
+        d = self.device
+        n = len(self.single_slots)
+        write = [p if chunk is None else p % chunk for p in self.single_pos]
+        hi = max(self.single_slots) + 1
+        dense = self.single_slots == list(range(n))  # rows are slots 0..n-1: no scatter of the queries needed
+        # rows of the slot view that are not in this step attend key 0; their output is dropped
+        cur = [0] * hi
+        for s, w in zip(self.single_slots, write, strict=True):
+            cur[s] = w
+        width = max(write) + 1
+        cur_t = torch.tensor(cur, device=d)
+        mask = None if len(set(cur)) == 1 else (torch.arange(width, device=d)[None, :] <= cur_t[:, None])
+        out = (
+            torch.tensor(self.single_slots, device=d),
+            torch.tensor(write, device=d),
+            hi,
+            width,
+            dense,
+            mask,
+        )
+        self._cache[chunk] = out
+        return out
+
+
+class SlotKV:
+    """Per-layer key/value buffers (num_slots, nKV, width, D); a ``KVStore`` for one packed step at a time."""
+
+    # the engine never uses the model's whole-prompt prefill path: every layer calls attend
+    prefilling = False
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_slots: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
+        self.num_slots, self.max_len = num_slots, max_len
+        self.chunk: list[int | None] = []
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        for i in range(cfg.num_hidden_layers):
+            chunk = cfg.attention_chunk_size if cfg.uses_rope(i) else None
+            if chunk is not None and chunk >= max_len:
+                chunk = None  # a chunk as long as the context is plain causal attention
+            width = max_len if chunk is None else chunk
+            shape = (num_slots, cfg.num_key_value_heads, width, cfg.head_dim)
+            self.chunk.append(chunk)
+            self.k.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.v.append(torch.zeros(shape, dtype=dtype, device=device))
+        self.device = torch.device(device)
+        self.plan: StepPlan | None = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.k, *self.v])
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        raise RuntimeError("SlotKV is filled through attend(); prefilling must stay False")
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (1, T, nH, D), k/v (1, T, nKV, D) of the packed step; writes k/v into the slots and returns (1, T, nH, D)."""
+        plan = self.plan
+        if plan is None:
+            raise RuntimeError(
+                "SlotKV.attend called without a StepPlan: the engine sets one before each forward"
+            )
+        if q.shape[0] != 1:
+            raise ValueError(f"SlotKV expects one packed row, got batch {q.shape[0]}")
+        q, k, v = q[0], k[0], v[0]
+        n1 = len(plan.single_slots)
+        if not plan.segments:
+            return self._attend_single(layer, q, k, v, plan)[None]
+        out = q.new_empty(q.shape)
+        if n1:
+            out[:n1] = self._attend_single(layer, q[:n1], k[:n1], v[:n1], plan)
+        for seg in plan.segments:
+            sl = slice(seg.offset, seg.offset + seg.n)
+            out[sl] = self._attend_segment(layer, q[sl], k[sl], v[sl], seg)
+        return out[None]
+
+    def _attend_single(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan
+    ) -> torch.Tensor:
+        """One new token per row: (n, h, D) each. Batched over a view of slot rows 0..hi-1 (no cache copy)."""
+        slots, write, hi, width, dense, mask = plan.single(self.chunk[layer], self.num_slots)
+        kc, vc = self.k[layer], self.v[layer]
+        kc[slots, :, write] = k
+        vc[slots, :, write] = v
+        n = q.shape[0]
+        if dense:
+            qr = q[:, :, None]  # (n=hi, nH, 1, D)
+        else:
+            qr = q.new_zeros((hi, q.shape[1], 1, q.shape[2]))
+            qr[slots] = q[:, :, None]
+        o = F.scaled_dot_product_attention(
+            qr,
+            kc[:hi, :, :width],
+            vc[:hi, :, :width],
+            attn_mask=None if mask is None else mask[:, None, None, :],
+            enable_gqa=True,
+        )[:, :, 0]  # (hi, nH, D)
+        return o if dense and hi == n else o[slots]
+
+    def _attend_segment(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segment
+    ) -> torch.Tensor:
+        """``seg.n`` tokens appended to slot ``seg.slot`` at position ``seg.start``: (n, h, D) each."""
+        chunk = self.chunk[layer]
+        kc, vc = self.k[layer][seg.slot], self.v[layer][seg.slot]  # (nKV, width, D) views
+        p, n = seg.start, seg.n
+        if chunk is None:
+            kc[:, p : p + n] = k.transpose(0, 1)
+            vc[:, p : p + n] = v.transpose(0, 1)
+            if p == 0:
+                return causal_attention(q[None], k[None], v[None], None)[0]
+            keys, vals, k0 = kc[:, : p + n], vc[:, : p + n], 0
+        else:
+            # the current chunk's first position; its cached keys sit at slots 0..p-k0-1
+            k0 = (p // chunk) * chunk
+            prefix = p - k0
+            if prefix == 0:
+                o = causal_attention(q[None], k[None], v[None], chunk)[0]  # aligned: blocks start at p
+            else:
+                keys = torch.cat([kc[:, :prefix], k.transpose(0, 1)], dim=1)
+                vals = torch.cat([vc[:, :prefix], v.transpose(0, 1)], dim=1)
+            # keep the last min(n, C) new keys: the ones the next tokens' chunk can still see
+            m = min(n, chunk)
+            idx = torch.arange(p + n - m, p + n, device=k.device) % chunk
+            kc[:, idx] = k[n - m :].transpose(0, 1)
+            vc[:, idx] = v[n - m :].transpose(0, 1)
+            if prefix == 0:
+                return o
+        qpos = torch.arange(p, p + n, device=q.device)[:, None]
+        kpos = torch.arange(k0, p + n, device=q.device)[None, :]
+        mask = kpos <= qpos
+        if chunk is not None:
+            mask &= (kpos // chunk) == (qpos // chunk)
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], keys[None], vals[None], attn_mask=mask, enable_gqa=True
+        )
+        return o[0].transpose(0, 1)
