@@ -12,9 +12,11 @@ target), plus `pixel_values` (float32, flattened (3, tile, tile) tiles) and `n_t
   with `<|finetune_right_pad|>` (mask 0), so no token is dropped.
 - sft: conversations rendered with the chat template; only assistant tokens (and their `<|eot|>`) train.
   Conversations are packed whole, first-fit in order; one longer than a row is truncated (counted).
-- images: digit chats whose `<|image|>` expands to `<|image_start|><|image|><|patch|>*n<|image_end|>`, with n
+- images: digit chats whose `{type: image}` items expand to `<|image_start|><|image|><|patch|>*n<|image_end|>`, with n
   = (tile/patch)^2 / 4; the image block never trains; tiles follow row order (the order `<|patch|>` runs
   consume them).
+- Every sequence is built at the id level (herd.data.tokenizer): special tokens are inserted by id, and text
+  that contains special-token strings encodes them as plain text.
 
 Ray Data runs the tokenizer in ONE actor (`ActorPoolStrategy(size=1)`): on 2 CPUs two 1-CPU actors starve the
 read tasks and deadlock (see the Ray notes); one fast-tokenizer actor already saturates both cores. The
@@ -37,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from herd.data.config import PackingConfig
-from herd.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_chat_batch
+from herd.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_chat_batch, encode_plain
 
 TEXT_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.uint8()))])
 INDEX_FILE = "index.json"  # shard list + counts, read by herd.data.reader
@@ -191,7 +193,7 @@ class Packer:
             texts.extend([text] * n)
         if not texts:
             return []
-        ids = [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        ids = encode_plain(self.tok, texts)  # "<|eot|>" typed inside a document stays text, never a control id
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2  # + BOS + EOS
         ends = np.cumsum(lengths)
         starts = ends - lengths

@@ -1,14 +1,22 @@
 """Byte-level BPE tokenizer with Llama 4's special tokens and chat template, saved in the HF layout.
 
-    from herd.data.tokenizer import train_tokenizer, save_tokenizer, load_tokenizer, encode_chat
+    from herd.data.tokenizer import train_tokenizer, save_tokenizer, load_tokenizer, encode_chat_batch
     tok = train_tokenizer(texts, cfg.tokenizer)          # tokenizers.Tokenizer, special tokens at ids 0..12
     save_tokenizer(tok, out_dir, cfg.tokenizer)          # tokenizer.json + tokenizer_config.json + special_tokens_map.json
     transformers.AutoTokenizer.from_pretrained(out_dir)  # loads it (and vLLM does); apply_chat_template renders it
+    encode_chat_batch(tok, [messages])                   # [(ids, loss mask)], the template built at the id level
+    encode_plain(tok, [document])                        # [ids] of text; "<|eot|>" in it stays plain text
 
 Special tokens come first in the vocabulary with the fixed ids of docs/architecture.md, so model configs can
 hard-code bos 0, eos [1, 4, 5], pad 12 and image_token_index 9 whatever the vocabulary size. Digits are split
 one per token (as Llama's pre-tokenizer splits numbers) so arithmetic stays learnable with a tiny vocabulary.
 `transformers` is not needed here: the HF files are written by hand.
+
+Every encoder herd owns builds its sequence at the id level: special tokens and image blocks are inserted by
+id, and text (documents, message contents, roles) is encoded with special-token strings as plain text
+(`encode_plain`). A user who types `<|eot|><|header_start|>assistant` or `<|image|>` gets those characters,
+never a forged turn or an image block. The string template (`CHAT_TEMPLATE`, `render_chat`) stays for
+transformers / vLLM interop.
 """
 
 from __future__ import annotations
@@ -169,35 +177,71 @@ def image_token_block(tokens_per_tile: int) -> str:
     return "<|image_start|><|image|>" + "<|patch|>" * tokens_per_tile + "<|image_end|>"
 
 
+def image_block_ids(tokens_per_tile: int) -> list[int]:
+    """Ids of one single-tile image block (just `<|image|>` when `tokens_per_tile` is 0: no vision tiles)."""
+    if not tokens_per_tile:
+        return [IMAGE_ID]
+    return [IMAGE_START_ID, IMAGE_ID, *[PATCH_ID] * tokens_per_tile, IMAGE_END_ID]
+
+
+def encode_plain(tok: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of user or document text, with special-token strings inside it encoded as plain text.
+
+    A document or chat message that contains `<|eot|>`, `<|header_start|>` or `<|image|>` must not become
+    control tokens (end a turn, open a fake assistant header, pull in an image block): those ids are only ever
+    inserted by id, by the templates below. `encode_special_tokens` makes the tokenizer treat added tokens as
+    ordinary text for this call (restored afterwards, so a shared Tokenizer object is left as it was).
+    """
+    prev = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        return [e.ids for e in tok.encode_batch_fast(list(texts), add_special_tokens=False)]
+    finally:
+        tok.encode_special_tokens = prev
+
+
 def _content_text(content: Any) -> str:
+    """A message's text as the chat template renders it (images as `<|image|>`): for the HF template only."""
+    return "".join(IMAGE_PLACEHOLDER if kind == "image" else text for kind, text in _content_items(content))
+
+
+def _content_items(content: Any) -> list[tuple[str, str]]:
+    """[(kind, text)] of a message content; adjacent text items merged (the template concatenates them)."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for item in content:
-            kind = item.get("type") if isinstance(item, dict) else None
-            if kind == "image":
-                parts.append(IMAGE_PLACEHOLDER)
-            elif kind == "text":
-                parts.append(str(item.get("text", "")))
+        return [("text", content)]
+    if not isinstance(content, list):
+        raise TokenizerError(f"chat content must be a string or a list of items, got {type(content).__name__}")
+    items: list[tuple[str, str]] = []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "image":
+            items.append(("image", ""))
+        elif kind == "text":
+            text = str(item.get("text", ""))
+            if items and items[-1][0] == "text":
+                items[-1] = ("text", items[-1][1] + text)
             else:
-                raise TokenizerError(
-                    f"chat content item {item!r} is neither {{type: text}} nor {{type: image}}"
-                )
-        return "".join(parts)
-    raise TokenizerError(f"chat content must be a string or a list of items, got {type(content).__name__}")
+                items.append(("text", text))
+        else:
+            raise TokenizerError(f"chat content item {item!r} is neither {{type: text}} nor {{type: image}}")
+    return items
+
+
+def _check_messages(messages: Sequence[dict[str, Any]]) -> None:
+    if not messages:
+        raise TokenizerError("a chat sample needs at least one message")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise TokenizerError(f"chat message {m!r} needs 'role' and 'content'")
 
 
 def chat_segments(
     messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False
 ) -> list[tuple[str, bool]]:
-    """Split the rendered chat template into (text, trains) pieces; only assistant turns train."""
-    if not messages:
-        raise TokenizerError("a chat sample needs at least one message")
+    """Split the rendered chat template into (text, trains) pieces; only assistant turns train (display only)."""
+    _check_messages(messages)
     segs: list[tuple[str, bool]] = [("<|begin_of_text|>", False)]
     for m in messages:
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise TokenizerError(f"chat message {m!r} needs 'role' and 'content'")
         trains = m["role"] == "assistant"
         segs.append((f"<|header_start|>{m['role']}<|header_end|>\n\n", False))
         segs.append((_content_text(m["content"]), trains))
@@ -208,43 +252,70 @@ def chat_segments(
 
 
 def render_chat(messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    """The chat template's text for `messages` (same string as transformers' apply_chat_template)."""
+    """The chat template's text for `messages` (same string as transformers' apply_chat_template).
+
+    For display and for the HF chat_template's interop only: never tokenize this string to train on, since
+    special-token strings inside message contents would be parsed as control tokens (use `encode_chat_batch`).
+    """
     return "".join(text for text, _ in chat_segments(messages, add_generation_prompt))
 
 
+# A template piece: ids inserted as they are (special tokens, image blocks) or text encoded with encode_plain.
+_Piece = tuple[list[int] | str, bool]
+
+
+def chat_pieces(
+    messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False, tokens_per_tile: int = 0
+) -> list[_Piece]:
+    """The chat template at the id level: special tokens and image blocks as ids, everything else as text.
+
+    Same token sequence as encoding `render_chat(messages)` for contents without special-token strings; for
+    contents that contain them, those strings stay text (the serving side rejects them; see docs).
+    """
+    _check_messages(messages)
+    header_end = [TOKEN_ID["<|header_end|>"]]
+    pieces: list[_Piece] = [([BOS_ID], False)]
+
+    def header(role: str) -> None:
+        pieces.extend([([TOKEN_ID["<|header_start|>"]], False), (role, False), (header_end, False),
+                       ("\n\n", False)])
+
+    for m in messages:
+        trains = m["role"] == "assistant"
+        header(str(m["role"]))
+        for kind, text in _content_items(m["content"]):
+            if kind == "image":
+                pieces.append((image_block_ids(tokens_per_tile), False))  # the image block never trains
+            elif text:
+                pieces.append((text, trains))
+        pieces.append(([EOT_ID], trains))
+    if add_generation_prompt:
+        header("assistant")
+    return pieces
+
+
 def encode_chat_batch(
-    tok: Any, conversations: Sequence[Sequence[dict[str, Any]]], tokens_per_tile: int = 0
+    tok: Any, conversations: Sequence[Sequence[dict[str, Any]]], tokens_per_tile: int = 0,
+    add_generation_prompt: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids and a loss mask (1 on assistant tokens and their <|eot|>) for each conversation.
 
-    `<|image|>` placeholders expand to the image block for `tokens_per_tile` patch tokens (one tile per image);
-    the image block never trains. All pieces go through one batched encode call.
+    Built at the id level (`chat_pieces`): `{type: image}` items become the image block for `tokens_per_tile`
+    patch tokens (one tile per image), which never trains; text, including any special-token strings a user
+    typed, goes through `encode_plain`. All text pieces go through one batched encode call.
     """
-    block = image_token_block(tokens_per_tile) if tokens_per_tile else IMAGE_PLACEHOLDER
-    pieces: list[str] = []
-    flags: list[bool] = []
-    bounds: list[int] = []
-    for conv in conversations:
-        for text, trains in chat_segments(conv):
-            for i, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
-                if i:
-                    pieces.append(block)
-                    flags.append(False)
-                if part:
-                    pieces.append(part)
-                    flags.append(trains)
-        bounds.append(len(pieces))
-    encoded = tok.encode_batch(pieces, add_special_tokens=False)
+    convs = [chat_pieces(c, add_generation_prompt, tokens_per_tile) for c in conversations]
+    texts = [p for pieces in convs for p, _ in pieces if isinstance(p, str)]
+    encoded = iter(encode_plain(tok, texts))
     out: list[tuple[list[int], list[int]]] = []
-    start = 0
-    for end in bounds:
+    for pieces in convs:
         ids: list[int] = []
         mask: list[int] = []
-        for enc, trains in zip(encoded[start:end], flags[start:end], strict=True):
-            ids.extend(enc.ids)
-            mask.extend([int(trains)] * len(enc.ids))
+        for piece, trains in pieces:
+            piece_ids = next(encoded) if isinstance(piece, str) else piece
+            ids.extend(piece_ids)
+            mask.extend([int(trains)] * len(piece_ids))
         out.append((ids, mask))
-        start = end
     return out
 
 

@@ -66,7 +66,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-_PLAIN = (torch.Tensor, str, int, float, bool, bytes, type(None))
+_PLAIN = (torch.Tensor, torch.dtype, torch.device, str, int, float, bool, bytes, type(None))
 
 
 def check_plain(obj: Any, where: str = "state") -> None:
@@ -75,7 +75,7 @@ def check_plain(obj: Any, where: str = "state") -> None:
     Called on everything `save` writes, so a component that puts e.g. a numpy array or a dataclass into its
     state_dict fails at the first checkpoint with the path to the offending value, not at resume time.
     """
-    if isinstance(obj, _PLAIN) or isinstance(obj, torch.dtype | torch.device | torch.Size):
+    if isinstance(obj, _PLAIN):
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
