@@ -1,0 +1,160 @@
+"""The one adapter between the suites and a model: batched generation and batched log-likelihood.
+
+    lm = HerdLM.load("path/to/model_dir", batch_size=32)     # herd or transformers Llama 4 checkpoint + tokenizer
+    lm.generate([lm.encode("Question: ...\\nSolution:", bos=True)], max_new_tokens=24)   # -> [[token ids]]
+    lm.loglikelihood([(context_ids, continuation_ids)])      # -> [(sum logprob, continuation is greedy)]
+    lm.token_nll(rows, masks)                                # -> [(sum nll over target tokens, count)]
+
+Every suite goes through this class, so moving generation to the serve engine (herd.serve.engine's batched
+``generate_batch`` / ``score``) is a change of this file only. Today: ``herd.model.generate`` (batched prefill
+into a static KV cache, one-token decode steps, finished rows dropped from the batch) and a plain batched
+forward for scoring. Rows are RIGHT-padded, which is exact here: attention is causal and MoE routing is per
+token (no capacity limit), so pad tokens after a row's end cannot change its logits. Requests are sorted by
+length and cut into batches by count and by a token budget, so a batch of 2k-token haystacks does not
+allocate what a batch of 40-token questions may.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from herd.model import Llama4
+
+BOS = 0
+EOT_IDS = (1, 4, 5)  # <|end_of_text|>, <|eom|>, <|eot|> (docs/architecture.md: fixed special-token ids)
+
+
+class HerdLM:
+    """A loaded model + tokenizer with the batched primitives the suites need."""
+
+    def __init__(self, model: Llama4, tokenizer: Any, *, batch_size: int = 32, max_batch_tokens: int = 16384):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, *, batch_size: int = 32, threads: int = 0,
+             tokenizer_dir: str | Path | None = None) -> HerdLM:
+        """Load a checkpoint directory (``herd.model.load_hf``) and the tokenizer saved beside it."""
+        from tokenizers import Tokenizer
+
+        from herd.model import load_hf
+
+        if threads:
+            torch.set_num_threads(threads)
+        model_dir = Path(model_dir)
+        tok_file = Path(tokenizer_dir or model_dir) / "tokenizer.json"
+        if not tok_file.exists():
+            raise FileNotFoundError(f"no tokenizer.json in {tok_file.parent}: evaluation needs the tokenizer saved "
+                                    "with the model (herd's save_hf(tokenizer=...) or save_pretrained)")
+        return cls(load_hf(model_dir), Tokenizer.from_file(str(tok_file)), batch_size=batch_size)
+
+    # ------------------------------------------------------------------------------------------- text
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [BOS, *ids] if bos else list(ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def has_vision(self) -> bool:
+        return self.model.config.vision is not None
+
+    # --------------------------------------------------------------------------------------- batching
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into batches of similar length, within the count and token budgets."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = max([lengths[j] for j in cur] + [lengths[i]])
+            if cur and (len(cur) >= self.batch_size or longest * (len(cur) + 1) > self.max_batch_tokens):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _pad(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        return ids.to(self.device)
+
+    # ------------------------------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int | None = None, stop_tokens: Sequence[int] = EOT_IDS,
+                 pixel_values: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
+        """New token ids per prompt (greedy at temperature 0). ``pixel_values[i]``: prompt i's image tiles."""
+        from herd.model.generate import SamplingParams, generate
+
+        out: list[list[int]] = [[] for _ in prompts]
+        for n, batch in enumerate(self._batches([len(p) + max_new_tokens for p in prompts])):
+            params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=None if seed is None else seed + n, stop_tokens=list(stop_tokens))
+            pix = None
+            if pixel_values is not None:
+                tiles = [pixel_values[i] for i in batch if pixel_values[i] is not None]
+                pix = torch.cat(tiles).to(self.device) if tiles else None
+            gens = generate(self.model, [list(prompts[i]) for i in batch], params, pix)
+            for i, g in zip(batch, gens, strict=True):
+                out[i] = g.tokens
+        return out
+
+    # ---------------------------------------------------------------------------------------- scoring
+    @torch.inference_mode()
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
+                      ) -> list[tuple[float, bool]]:
+        """For each (context, continuation): sum of log p(continuation | context), and whether greedy
+        decoding would produce exactly the continuation (lm-eval's ``is_greedy``)."""
+        rows = [list(c) + list(x) for c, x in requests]
+        for (c, x), r in zip(requests, rows, strict=True):
+            if not c or not x:
+                raise ValueError("loglikelihood needs a non-empty context (start it with bos) and continuation")
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
+        for batch in self._batches([len(r) for r in rows]):
+            logits = self.model(self._pad([rows[i] for i in batch])).logits.float()
+            logp = F.log_softmax(logits, -1)
+            for b, i in enumerate(batch):
+                ctx, cont = requests[i]
+                start = len(ctx) - 1  # logits at position t predict token t + 1
+                target = torch.as_tensor(list(cont), device=logp.device)
+                lp = logp[b, start:start + len(cont)]
+                ll = lp.gather(-1, target[:, None])[:, 0].sum().item()
+                greedy = bool((lp.argmax(-1) == target).all().item())
+                out[i] = (float(ll), greedy)
+        return out
+
+    @torch.inference_mode()
+    def token_nll(self, rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None
+                  ) -> list[tuple[float, int]]:
+        """Per row: summed next-token NLL over target positions (``mask[t+1] == 1``), and their count."""
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        for batch in self._batches([len(r) for r in rows]):
+            ids = self._pad([rows[i] for i in batch])
+            logits = self.model(ids[:, :-1]).logits.float()
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, S-1)
+            for b, i in enumerate(batch):
+                n = len(rows[i]) - 1
+                m = (torch.ones(n) if masks is None else torch.as_tensor(list(masks[i][1:]), dtype=torch.float32))
+                m = m.to(nll.device)
+                out[i] = (float((nll[b, :n] * m).sum().item()), int(m.sum().item()))
+        return out
+
+
+__all__ = ["BOS", "EOT_IDS", "HerdLM"]
