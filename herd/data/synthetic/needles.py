@@ -191,7 +191,7 @@ def token_haystack(key: str, value: str, depth: float, n_tokens: int, count_toke
     while True:
         s = sentence(rng)
         cost = count_tokens(" " + s)  # tokens of a sentence in running text (after a space)
-        if sentences and used + cost > budget:
+        if used + cost > budget:  # may leave no filler at all when the needle alone fills the length
             break
         sentences.append(s)
         used += cost
