@@ -88,6 +88,9 @@ class GRPOObjective:
         m.update({"loss": float(loss.detach()), "logp_gap/mean": float(gap.sum() / n),
                   "logp_gap/max": float(gap.max()), "aux_loss": float(aux.detach()),
                   "entropy_proxy": float((-logp.detach() * batch.mask).sum() / n)})
+        # rollout statistics the data source attached (reward, pass rates, filter, ledger tiers): the trainer
+        # averages metrics over micro-batches, and every micro-batch of a rollout batch carries the same values
+        m.update({k.removeprefix("stat/"): float(v) for k, v in ex.items() if k.startswith("stat/")})
         return ObjectiveOutput(loss, m, stats)
 
     def state_dict(self) -> dict[str, Any]:

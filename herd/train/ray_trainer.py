@@ -54,8 +54,8 @@ class TrainError(RuntimeError):
 class TrainJob:
     """Everything a worker needs, as plain data (it is pickled to the workers)."""
 
-    kind: Literal["pretrain", "distill"]
-    section: dict[str, Any]  # PretrainConfig / DistillConfig dump
+    kind: Literal["pretrain", "distill", "sft", "rl", "dpo"]
+    section: dict[str, Any]  # PretrainConfig / DistillConfig / posttrain SFTConfig / RLConfig / DPOConfig dump
     model: dict[str, Any]  # ModelConfig dump of the model being trained
     train_uri: str  # packed training shards (local path or fsspec URI)
     val_uri: str | None = None  # packed held-out shards
@@ -66,13 +66,25 @@ class TrainJob:
     storage_options: dict[str, Any] | None = None  # fsspec options for the data / teacher URIs
     model_factory: Callable[[dict[str, Any]], nn.Module] | None = None  # default: herd.model.Llama4
     extra_env: dict[str, str] = field(default_factory=dict)
+    init_uri: str | None = None  # post-training: the parent model's save_hf directory (the starting weights)
+    init_id: str = ""  # digest of the parent model artifact
+    # post-training data (plain values): rows / prompts / pairs / ledger URIs and the tokenizer JSON, read by
+    # herd.posttrain.worker, which builds the objective and the data source for kind sft / rl / dpo
+    posttrain: dict[str, Any] = field(default_factory=dict)
 
-    def config(self) -> PretrainConfig | DistillConfig:
+    def config(self) -> Any:
+        if self.kind in ("sft", "rl", "dpo"):
+            from herd.posttrain.config import DPOConfig, RLConfig, SFTConfig
+
+            return {"sft": SFTConfig, "rl": RLConfig, "dpo": DPOConfig}[self.kind].model_validate(self.section)
         return (PretrainConfig if self.kind == "pretrain" else DistillConfig).model_validate(self.section)
 
     def config_hash(self) -> str:
         ident = {"kind": self.kind, "section": self.section, "model": self.model, "data": self.data_id or
                  self.train_uri, "teacher": self.teacher, "teacher_id": self.teacher_id or self.teacher_uri}
+        if self.kind in ("sft", "rl", "dpo"):  # (the pretrain/distill identity is unchanged: no re-runs)
+            ident.update(init=self.init_id or self.init_uri,
+                         posttrain={k: v for k, v in self.posttrain.items() if k != "tokenizer_json"})
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
     def run_name(self) -> str:
@@ -87,6 +99,7 @@ class TrainOutcome:
     checkpoint_path: str
     run_name: str
     resumed_from: int | None  # the step an earlier run of the same name had reached, None for a fresh run
+    data_state: dict[str, Any] | None = None  # rank 0's data-source state at the end (RL: the updated ledger)
 
 
 # ---- worker side -------------------------------------------------------------------------------------------
@@ -99,6 +112,18 @@ def _build_model(cfg: dict[str, Any], factory: Callable[[dict[str, Any]], nn.Mod
     model = Llama4(mcfg)
     metap.init_weights(model, mcfg)  # width-aware init matching MetaP's lr multipliers (herd.model.metap)
     return model
+
+
+def _local_dir(uri: str, storage_options: dict[str, Any] | None) -> str:
+    """A local copy of a model directory (downloaded once when `uri` is remote, e.g. s3://)."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    local = tempfile.mkdtemp(prefix="herd-model-")
+    fs.get(path.rstrip("/") + "/", local, recursive=True)
+    return local
 
 
 def _load_teacher(job: TrainJob) -> nn.Module:
@@ -171,22 +196,32 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     device = ray.train.torch.get_device() if cfg.workers.use_gpu else torch.device("cpu")
 
-    reader = ShardReader(job.train_uri, cfg.micro_batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                         storage_options=job.storage_options)
+    posttrain = job.kind in ("sft", "rl", "dpo")
+    reader: Any = None if posttrain else ShardReader(job.train_uri, cfg.micro_batch_size, rank=rank,
+                                                     world_size=world, seed=cfg.seed,
+                                                     storage_options=job.storage_options)
     val = None
-    if job.val_uri and cfg.eval_batches:
+    if job.val_uri and cfg.eval_batches and not posttrain:
         def val() -> ShardReader:  # the same held-out rows every evaluation, split over ranks
             return ShardReader(job.val_uri, cfg.micro_batch_size, rank=rank, world_size=world, shuffle=False,
                                loop=False, storage_options=job.storage_options)
 
     torch.manual_seed(cfg.seed)
     model = _build_model(job.model, job.model_factory)
-    if job.kind == "distill":
+    if job.init_uri is not None:  # post-training starts from its parent's weights
+        from herd.model import load_hf
+
+        model.load_state_dict(load_hf(_local_dir(job.init_uri, job.storage_options)).state_dict())
+    if posttrain:  # objective + data source (RL rollouts are generated by the policy itself)
+        from herd.posttrain.worker import build_objective_and_data
+
+        objective, reader = build_objective_and_data(job, cfg, model, rank=rank, world=world, device=device)
+    elif job.kind == "distill":
         assert isinstance(cfg, DistillConfig)
         objective = CodistillObjective(_load_teacher(job).to(device), cfg.temperature, cfg.alpha)
     else:
         objective = CrossEntropyObjective()
-    seq_len = reader.seq_len or 0
+    seq_len = getattr(reader, "seq_len", None) or 0
     trainer = Trainer(model, objective, reader, cfg, device=device, config_hash=job.config_hash(),
                       flops_per_token=_flops_per_token(job, seq_len) if seq_len else None, eval_data=val,
                       strategy=cfg.workers.strategy)
@@ -278,8 +313,10 @@ def run_training(job: TrainJob, *, storage_path: str, storage_filesystem: Any = 
         raise TrainError(f"training run {name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         model_state = checkpoint.load_model_state(d)
+        data_state = torch.load(Path(d) / "rank0.pt", map_location="cpu", weights_only=True).get("data")
     metrics = dict(history[-1][1]) if history else dict(result.metrics or {})
-    return TrainOutcome(model_state, metrics, history, str(result.checkpoint.path), name, resumed_from)
+    return TrainOutcome(model_state, metrics, history, str(result.checkpoint.path), name, resumed_from,
+                        data_state)
 
 
 __all__ = ["TrainError", "TrainJob", "TrainOutcome", "run_training", "train_worker"]
