@@ -33,8 +33,7 @@ def evaluate_arithmetic(lm: HerdLM, items: Sequence[dict[str, Any]], cfg: Arithm
                         chat: bool = False, sampled: bool = True, confidence: float = 0.95, seed: int = 0,
                         resamples: int = 1000) -> SuiteResult:
     t0 = time.perf_counter()
-    key = "chat_prompt" if chat else "prompt"
-    prompts = lm.encode_batch([it[key] for it in items])
+    prompts = lm.prompt_ids(items, chat)
     gens = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens)
     samples, right = [], 0
     for it, g in zip(items, gens, strict=True):

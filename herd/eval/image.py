@@ -31,17 +31,14 @@ def evaluate_image(lm: HerdLM, items: Sequence[dict[str, Any]], *, max_new_token
 
     from herd.data.synthetic.arithmetic import check_answer
     from herd.data.synthetic.images import digit_tile
-    from herd.data.tokenizer import IMAGE_PLACEHOLDER, image_token_block, render_chat
 
     t0 = time.perf_counter()
     vision = lm.model.config.vision
-    block = image_token_block(vision.tokens_per_tile)
-    texts, tiles = [], []
-    for it in items:
-        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it["question"]}]}]
-        texts.append(render_chat(msgs, add_generation_prompt=True).replace(IMAGE_PLACEHOLDER, block))
-        tiles.append(torch.from_numpy(digit_tile(it["image"], vision.image_size))[None])
-    gens = lm.generate(lm.encode_batch(texts), max_new_tokens=max_new_tokens, pixel_values=tiles)
+    convs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it["question"]}]}]
+             for it in items]
+    tiles = [torch.from_numpy(digit_tile(it["image"], vision.image_size))[None] for it in items]
+    gens = lm.generate(lm.encode_chat(convs, vision.tokens_per_tile), max_new_tokens=max_new_tokens,
+                       pixel_values=tiles)
     samples, right = [], 0
     for it, g in zip(items, gens, strict=True):
         pred = lm.decode(g).strip()

@@ -37,7 +37,7 @@ def first_line(text: str) -> str:
 def evaluate_knowledge(lm: HerdLM, items: Sequence[dict[str, Any]], *, chat: bool = False,
                        max_new_tokens: int = 16, confidence: float = 0.95) -> SuiteResult:
     t0 = time.perf_counter()
-    prompts = lm.encode_batch([it["chat_prompt" if chat else "prompt"] for it in items])
+    prompts = lm.prompt_ids(items, chat)
     gens = lm.generate(prompts, max_new_tokens=max_new_tokens)
     samples, em, contains = [], 0, 0
     for it, g in zip(items, gens, strict=True):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from herd.model import Llama4
 
 BOS = 0
+BOT = "<|begin_of_text|>"
 EOT_IDS = (1, 4, 5)  # <|end_of_text|>, <|eom|>, <|eot|> (docs/architecture.md: fixed special-token ids)
 
 
@@ -58,12 +59,32 @@ class HerdLM:
         return cls(load_hf(model_dir), Tokenizer.from_file(str(tok_file)), batch_size=batch_size)
 
     # ------------------------------------------------------------------------------------------- text
+    # Prompts are encoded exactly as training encoded text: special tokens by id, text with special-token
+    # strings kept plain (herd.data.tokenizer.encode_plain), chats through the id-level template.
     def encode(self, text: str, *, bos: bool = False) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [BOS, *ids] if bos else list(ids)
+        return self.encode_batch([text], bos=bos)[0]
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [list(e.ids) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: Sequence[str], *, bos: bool = False) -> list[list[int]]:
+        """Ids of plain texts; a leading ``<|begin_of_text|>`` (as the eval set's prompts have) becomes bos."""
+        from herd.data.tokenizer import encode_plain
+
+        starts = [t.startswith(BOT) for t in texts]
+        ids = encode_plain(self.tokenizer, [t[len(BOT):] if s else t for t, s in zip(texts, starts, strict=True)])
+        return [[BOS, *x] if (s or bos) else list(x) for x, s in zip(ids, starts, strict=True)]
+
+    def encode_chat(self, conversations: Sequence[Sequence[dict[str, Any]]], tokens_per_tile: int = 0
+                    ) -> list[list[int]]:
+        """Ids of chats through the chat template, ending with the assistant header (a generation prompt)."""
+        from herd.data.tokenizer import encode_chat_batch
+
+        return [ids for ids, _ in encode_chat_batch(self.tokenizer, conversations, tokens_per_tile,
+                                                    add_generation_prompt=True)]
+
+    def prompt_ids(self, items: Sequence[dict[str, Any]], chat: bool) -> list[list[int]]:
+        """Eval-set items' prompts: the chat template around ``question`` (chat) or the ``prompt`` text."""
+        if chat:
+            return self.encode_chat([[{"role": "user", "content": it["question"]}] for it in items])
+        return self.encode_batch([it["prompt"] for it in items])
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -157,4 +178,4 @@ class HerdLM:
         return out
 
 
-__all__ = ["BOS", "EOT_IDS", "HerdLM"]
+__all__ = ["BOS", "BOT", "EOT_IDS", "HerdLM"]

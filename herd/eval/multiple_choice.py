@@ -6,7 +6,8 @@
 ``acc`` picks the option with the highest summed log-probability; ``acc_norm`` divides it by the option's
 length in characters first (lm-eval's definitions, so herd and lm-eval agree on the same items). Context and
 option are tokenized as lm-eval does: the whole string is encoded and the context's tokens split off, with a
-trailing space of the context moved to the option.
+trailing space of the context moved to the option. Chat-tuned models get the chat template's generation
+prompt as context and the bare option as their answer.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ def encode_pair(lm: HerdLM, context: str, continuation: str) -> tuple[list[int],
 def evaluate_multiple_choice(lm: HerdLM, items: Sequence[dict[str, Any]], *, chat: bool = False,
                              confidence: float = 0.95) -> SuiteResult:
     t0 = time.perf_counter()
-    key = "chat_prompt" if chat else "prompt"
-    requests, owner = [], []
+    requests = []
+    contexts = lm.prompt_ids(items, chat=True) if chat else None
     for i, it in enumerate(items):
         for c in it["choices"]:
-            requests.append(encode_pair(lm, it[key], " " + c))
-            owner.append(i)
+            if contexts is not None:  # after the assistant header the answer starts the turn: no space
+                requests.append((contexts[i], lm.encode(c)))
+            else:
+                requests.append(encode_pair(lm, it["prompt"], " " + c))
     scores = lm.loglikelihood(requests)
     samples, acc, acc_norm = [], 0, 0
     pos = 0

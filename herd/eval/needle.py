@@ -24,7 +24,7 @@ from herd.eval.stats import wilson
 def evaluate_needle(lm: HerdLM, items: Sequence[dict[str, Any]], *, max_new_tokens: int = 8,
                     confidence: float = 0.95) -> SuiteResult:
     t0 = time.perf_counter()
-    gens = lm.generate(lm.encode_batch([it["prompt"] for it in items]), max_new_tokens=max_new_tokens)
+    gens = lm.generate(lm.prompt_ids(items, chat=False), max_new_tokens=max_new_tokens)
     samples = []
     for it, g in zip(items, gens, strict=True):
         pred = lm.decode(g).strip()
