@@ -26,38 +26,57 @@ digest, ``m-...`` id or checkpoint dir), ``herd eval show`` (the comparison tabl
 
 from __future__ import annotations
 
-from herd.eval.arithmetic import evaluate_arithmetic
-from herd.eval.config import ArithmeticConfig, EvaluateConfig, NeedleConfig
-from herd.eval.evalset import build_evalset, read_items
-from herd.eval.image import evaluate_image
-from herd.eval.knowledge import evaluate_knowledge
-from herd.eval.lm import HerdLM
-from herd.eval.multiple_choice import evaluate_multiple_choice
-from herd.eval.needle import evaluate_needle, heatmap
-from herd.eval.perplexity import evaluate_perplexity
-from herd.eval.result import SuiteResult, metric_key, read_results, write_results
-from herd.eval.run import evaluate_model, uses_chat
-from herd.eval.stats import Comparison, Score, bootstrap_mean, compare_binary, mcnemar, paired_bootstrap, pass_at_k, wilson
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names resolve lazily (PEP 562), so the recipe (which imports herd.eval.config) never imports torch.
+_EXPORTS = {
+    "evaluate_arithmetic": "herd.eval.arithmetic", "ArithmeticConfig": "herd.eval.config",
+    "EvaluateConfig": "herd.eval.config", "NeedleConfig": "herd.eval.config", "build_evalset": "herd.eval.evalset",
+    "read_items": "herd.eval.evalset", "evaluate_image": "herd.eval.image", "evaluate_knowledge": "herd.eval.knowledge",
+    "HerdLM": "herd.eval.lm", "evaluate_multiple_choice": "herd.eval.multiple_choice",
+    "evaluate_needle": "herd.eval.needle", "heatmap": "herd.eval.needle", "evaluate_perplexity": "herd.eval.perplexity",
+    "SuiteResult": "herd.eval.result", "metric_key": "herd.eval.result", "read_results": "herd.eval.result",
+    "write_results": "herd.eval.result", "evaluate_model": "herd.eval.run", "uses_chat": "herd.eval.run",
+    "Comparison": "herd.eval.stats", "Score": "herd.eval.stats", "bootstrap_mean": "herd.eval.stats",
+    "compare_binary": "herd.eval.stats", "mcnemar": "herd.eval.stats", "paired_bootstrap": "herd.eval.stats",
+    "pass_at_k": "herd.eval.stats", "wilson": "herd.eval.stats", "compare": "herd.eval.stats",
+}
+
+if TYPE_CHECKING:
+    from herd.eval.arithmetic import evaluate_arithmetic
+    from herd.eval.config import ArithmeticConfig, EvaluateConfig, NeedleConfig
+    from herd.eval.evalset import build_evalset, read_items
+    from herd.eval.image import evaluate_image
+    from herd.eval.knowledge import evaluate_knowledge
+    from herd.eval.lm import HerdLM
+    from herd.eval.multiple_choice import evaluate_multiple_choice
+    from herd.eval.needle import evaluate_needle, heatmap
+    from herd.eval.perplexity import evaluate_perplexity
+    from herd.eval.result import SuiteResult, metric_key, read_results, write_results
+    from herd.eval.run import evaluate_model, uses_chat
+    from herd.eval.stats import (
+        Comparison,
+        Score,
+        bootstrap_mean,
+        compare,
+        compare_binary,
+        mcnemar,
+        paired_bootstrap,
+        pass_at_k,
+        wilson,
+    )
 
 
-def compare(parent: SuiteResult, child: SuiteResult, *, confidence: float = 0.95, resamples: int = 1000,
-            seed: int = 0) -> Comparison | None:
-    """Paired comparison of ``child`` against ``parent`` on the items both scored (None when they share none).
-
-    0/1 outcomes (accuracy suites): McNemar's exact test with a paired-bootstrap CI of the accuracy difference;
-    per-item values (perplexity's per-sequence loss): a paired bootstrap."""
-    a, b = parent.outcomes(), child.outcomes()
-    ids = sorted(set(a) & set(b))
-    if not ids:
-        return None
-    x, y = [a[i] for i in ids], [b[i] for i in ids]
-    if child.outcome_key == "correct":
-        return compare_binary(x, y, confidence=confidence, resamples=resamples, seed=seed)
-    return paired_bootstrap(x, y, confidence=confidence, resamples=resamples, seed=seed)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'herd.eval' has no attribute {name!r}")
 
 
-__all__ = ["ArithmeticConfig", "Comparison", "EvaluateConfig", "HerdLM", "NeedleConfig", "Score", "SuiteResult",
-           "bootstrap_mean", "build_evalset", "compare", "compare_binary", "evaluate_arithmetic", "evaluate_image",
-           "evaluate_knowledge", "evaluate_model", "evaluate_multiple_choice", "evaluate_needle",
-           "evaluate_perplexity", "heatmap", "mcnemar", "metric_key", "paired_bootstrap", "pass_at_k",
-           "read_items", "read_results", "uses_chat", "wilson", "write_results"]
+__all__ = ["ArithmeticConfig", "Comparison", "EvaluateConfig", "HerdLM", "NeedleConfig", "Score",
+           "SuiteResult", "bootstrap_mean", "build_evalset", "compare", "compare_binary",
+           "evaluate_arithmetic", "evaluate_image", "evaluate_knowledge", "evaluate_model",
+           "evaluate_multiple_choice", "evaluate_needle", "evaluate_perplexity", "heatmap", "mcnemar",
+           "metric_key", "paired_bootstrap", "pass_at_k", "read_items", "read_results", "uses_chat", "wilson",
+           "write_results"]

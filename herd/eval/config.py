@@ -53,7 +53,7 @@ class NeedleConfig(_Section):
         """The grid's context lengths in tokens for a model trained on ``seq_len``-token sequences."""
         if self.context_lengths is not None:
             return sorted(set(self.context_lengths))
-        return sorted({max(32, int(round(m * seq_len))) for m in self.length_multiples})
+        return sorted({max(32, round(m * seq_len)) for m in self.length_multiples})
 
 
 class ArithmeticConfig(_Section):
@@ -103,4 +103,4 @@ class EvaluateConfig(_Section):
         return suite in self.suites
 
 
-__all__ = ["ALL_SUITES", "ArithmeticConfig", "EvalSuite", "EvaluateConfig", "HEAVY_SUITES", "NeedleConfig"]
+__all__ = ["ALL_SUITES", "HEAVY_SUITES", "ArithmeticConfig", "EvalSuite", "EvaluateConfig", "NeedleConfig"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +127,22 @@ def compare_binary(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray,
     return Comparison(boot.delta, boot.lo, boot.hi, mcnemar(a, b), boot.n, "mcnemar")
 
 
+def compare(parent: Any, child: Any, *, confidence: float = 0.95, resamples: int = 1000,
+            seed: int = 0) -> Comparison | None:
+    """Paired comparison of suite result ``child`` against ``parent`` on the items both scored (None when they
+    share none). 0/1 outcomes (accuracy suites): McNemar's exact test with a paired-bootstrap CI of the accuracy
+    difference; per-item values (perplexity's per-sequence loss): a paired bootstrap. Arguments are
+    ``herd.eval.result.SuiteResult`` (anything with ``outcomes()`` and ``outcome_key``)."""
+    a, b = parent.outcomes(), child.outcomes()
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return None
+    x, y = [a[i] for i in ids], [b[i] for i in ids]
+    if child.outcome_key == "correct":
+        return compare_binary(x, y, confidence=confidence, resamples=resamples, seed=seed)
+    return paired_bootstrap(x, y, confidence=confidence, resamples=resamples, seed=seed)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k: 1 - C(n-c, k) / C(n, k), for c correct among n samples (numerically stable form)."""
     if not 0 <= c <= n or not 1 <= k <= n:
@@ -135,5 +152,5 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-__all__ = ["Comparison", "Score", "bootstrap_mean", "compare_binary", "mcnemar", "paired_bootstrap", "pass_at_k",
+__all__ = ["Comparison", "Score", "bootstrap_mean", "compare", "compare_binary", "mcnemar", "paired_bootstrap", "pass_at_k",
            "wilson"]

@@ -121,7 +121,6 @@ class Recipe(BaseModel):
         refs = [("pretrain.model", self.pretrain.model), ("distill.student", self.distill.student),
                 ("distill.teacher", self.distill.teacher), ("posttrain.model", self.posttrain.model),
                 ("quantize.model", self.quantize.model), ("deploy.model", self.deploy.model)]
-        refs += [(f"evaluate.models[{i}]", m) for i, m in enumerate(self.evaluate.models)]
         for path, name in refs:
             if name not in self.models:
                 raise ValueError(f"{path} = {name!r} names no model; allowed: {', '.join(sorted(self.models))}")

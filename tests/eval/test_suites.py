@@ -12,8 +12,18 @@ import pytest
 import torch
 from conftest import SEQ_LEN, VOCAB, random_model, small_eval_config
 
-from herd.eval import (HerdLM, compare, evaluate_arithmetic, evaluate_image, evaluate_knowledge,
-                       evaluate_multiple_choice, evaluate_needle, evaluate_perplexity, heatmap, read_items)
+from herd.eval import (
+    HerdLM,
+    compare,
+    evaluate_arithmetic,
+    evaluate_image,
+    evaluate_knowledge,
+    evaluate_multiple_choice,
+    evaluate_needle,
+    evaluate_perplexity,
+    heatmap,
+    read_items,
+)
 from herd.eval.multiple_choice import encode_pair
 
 torch.set_num_threads(1)
