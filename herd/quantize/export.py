@@ -94,8 +94,9 @@ def export_compressed(model: Any, qweights: dict[str, QuantizedWeight], scheme: 
         if text_key.endswith(".weight") and text_key[: -len(".weight")] in qweights:
             continue
         tensors[key] = t.to(dtype) if t.is_floating_point() else t
-    missing_experts = [k for k in hf_state_dict(model) if _FUSED_EXPERTS.search(k)
-                       and not any(n.startswith(k.rsplit(".", 1)[0] + ".") for n in qweights)]
+    fused = [k[len(prefix):] if prefix and k.startswith(prefix) else k
+             for k in hf_state_dict(model) if _FUSED_EXPERTS.search(k)]
+    missing_experts = [k for k in fused if not any(n.startswith(k.rsplit(".", 1)[0] + ".") for n in qweights)]
     if missing_experts:
         raise ValueError(f"routed experts {missing_experts[:4]} are not quantized: vLLM's Llama 4 loader reads a "
                          "quantized checkpoint's experts only per expert; remove them from quantize.ignore")

@@ -1,0 +1,109 @@
+"""One quantized variant end to end, as the quantize flow runs it: calibrate, quantize, export, gate.
+
+    report = quantize_checkpoint("parent_model/", scheme, cfg, val_uri, "out/int4")   # raises QualityGateError
+
+The parent is a Hugging Face Llama 4 directory (with its tokenizer beside the weights); ``val_uri`` is the
+pipeline's packed validation shards. The first ``calibration.samples`` rows calibrate GPTQ, the next
+``calibration.heldout_samples`` rows are the gate's held-out tokens (never seen by calibration). The variant is
+gated as it will be served: loaded by ``load_quantized`` on packed kernels with ``cfg.dtype`` activations,
+against the parent in the same dtype. ``quantize.json`` in the output holds the metrics, thresholds and what was checked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herd.quantize.config import QuantizeConfig, QuantScheme
+
+
+def read_rows(val_uri: str, n: int, storage_options: dict[str, Any] | None = None) -> torch.Tensor:
+    """The first ``n`` text rows (N, seq_len + 1) of packed shards, in a fixed order (rows holding image
+    tokens are skipped: the gate compares text logits)."""
+    from herd.data.reader import ShardReader
+
+    reader = ShardReader(val_uri, batch_size=min(n, 64), shuffle=False, loop=False,
+                         storage_options=storage_options)
+    rows: list[torch.Tensor] = []
+    for batch in reader:
+        ids = batch["input_ids"]
+        if "n_tiles" in batch:
+            ids = ids[batch["n_tiles"] == 0]
+        rows.extend(ids)
+        if len(rows) >= n:
+            break
+    if len(rows) < 4:
+        raise ValueError(f"{val_uri} holds {len(rows)} text rows; the quantize step needs at least 4 (calibration "
+                         "and held-out): pack more validation data")
+    return torch.stack(rows[:n])
+
+
+def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: QuantizeConfig, val_uri: str,
+                        out_dir: str | Path, *, storage_options: dict[str, Any] | None = None,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Quantize the checkpoint at ``parent_dir`` by ``scheme`` into ``out_dir`` and gate it (see module doc)."""
+    from herd.data.tokenizer import load_tokenizer
+    from herd.model.hf import load_hf
+    from herd.quantize.export import export_compressed
+    from herd.quantize.gate import check_gate, logit_agreement, paired_mini_eval
+    from herd.quantize.gptq import collect_hessians
+    from herd.quantize.modules import load_quantized
+    from herd.quantize.targets import quantize_weights, target_names
+
+    t0 = time.perf_counter()
+    dtype = getattr(torch, cfg.dtype)
+    cal = cfg.calibration
+    parent = load_hf(parent_dir, dtype=torch.float32)
+    rows = read_rows(val_uri, cal.samples + cal.heldout_samples, storage_options)
+    n_cal = min(cal.samples, max(len(rows) // 2, len(rows) - cal.heldout_samples))
+    calib, heldout = rows[:n_cal, : cal.seq_len], rows[n_cal:]
+    timings: dict[str, float] = {}
+
+    hessians = None
+    if scheme.method == "gptq":
+        t = time.perf_counter()
+        batches = [calib[i : i + 8] for i in range(0, len(calib), 8)]
+        hessians = collect_hessians(parent, batches, target_names(parent, cfg.ignore))
+        timings["calibrate_s"] = time.perf_counter() - t
+        log(f"{scheme.scheme}: Hessians of {len(hessians)} layers from {calib.numel():,} calibration tokens")
+    t = time.perf_counter()
+    qweights = quantize_weights(parent, scheme, hessians, ignore=cfg.ignore, scale_dtype=dtype)
+    timings["quantize_s"] = time.perf_counter() - t
+    tokenizer_dir = Path(parent_dir) if (Path(parent_dir) / "tokenizer.json").exists() else None
+    out = export_compressed(parent, qweights, scheme, out_dir, tokenizer=tokenizer_dir, dtype=dtype)
+
+    t = time.perf_counter()
+    variant = load_quantized(out, dtype=dtype)
+    # the reference is the parent as it would be served (same activation dtype), so the gate measures the
+    # quantization and not bf16 arithmetic
+    parent = parent.to(dtype)
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    metrics: dict[str, Any] = dict(logit_agreement(parent, variant, heldout))
+    if cfg.eval_items:
+        metrics.update(paired_mini_eval(parent, variant, heldout, tokenizer, cfg.eval_items))
+    timings["gate_s"] = time.perf_counter() - t
+    errors = [qw.error for qw in qweights.values() if qw.error is not None]
+    if errors:
+        metrics["layer_error_mean"] = sum(errors) / len(errors)
+    size = sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))
+    thresholds = scheme.gate.resolved(scheme.scheme)
+    report = {"scheme": scheme.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
+              "layers_quantized": len(qweights), "calibration": {"rows": len(calib), "tokens": int(calib.numel()),
+              "heldout_rows": len(heldout), "heldout_tokens": int(heldout.numel()), "source": val_uri},
+              "size_bytes": size, "timings": {**timings, "total_s": time.perf_counter() - t0}}
+    passed_ok = False
+    try:
+        report["passed"] = check_gate(scheme.scheme, metrics, thresholds, scheme)
+        passed_ok = True
+    finally:
+        report["gate"] = "passed" if passed_ok else "failed"
+        (Path(out) / "quantize.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    return report
+
+
+__all__ = ["quantize_checkpoint", "read_rows"]
