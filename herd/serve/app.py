@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from herd.platform.errors import HerdError
 from herd.serve.config import DeployConfig
 
 
-class DeployError(RuntimeError):
+class DeployError(HerdError):
     """A deployment that cannot start (pending resources, failed replicas, bad model)."""
 
 
@@ -132,6 +133,12 @@ def deploy(specs: list[ModelSpec], deploy_cfg: DeployConfig, *, home: Path | Non
 
     app = build_app(specs, deploy_cfg)
     serve.start(http_options={"host": deploy_cfg.host, "port": deploy_cfg.port})
+    running = _serve_port()
+    if running is not None and running != deploy_cfg.port:
+        # Ray Serve has one HTTP proxy per cluster, started with the first app's options: later apps share it
+        if log is not None:
+            log(f"Ray Serve already listens on port {running} (not deploy.port {deploy_cfg.port}): using it")
+        deploy_cfg = deploy_cfg.model_copy(update={"port": running})
     serve._run(app, name=deploy_cfg.app_name, route_prefix=deploy_cfg.route_prefix, _blocking=False)
     ep = Endpoint(app=deploy_cfg.app_name, url=base_url(deploy_cfg),
                   models=[asdict(s) for s in specs], api_key_env=deploy_cfg.api_key_env, started_at=time.time())
@@ -139,6 +146,16 @@ def deploy(specs: list[ModelSpec], deploy_cfg: DeployConfig, *, home: Path | Non
     if home is not None:
         _record(home, ep)
     return ep
+
+
+def _serve_port() -> int | None:
+    """The HTTP port of the running Ray Serve proxy (None if unknown)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return int(_get_global_client().http_config.port)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- waiting
@@ -199,7 +216,7 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
         status = str(getattr(st, "status", "NOT_STARTED"))
         if status.endswith("RUNNING") and _answers(url.rsplit("/v1", 1)[0] + "/health"):
             return
-        if status.endswith("DEPLOY_FAILED") or status.endswith("UNHEALTHY"):
+        if status.endswith(("DEPLOY_FAILED", "UNHEALTHY")):
             detail = _status_detail(st)
             serve.delete(app, _blocking=False)
             raise DeployError(f"endpoint {app} failed to start: {detail}")
@@ -257,7 +274,16 @@ def _answers(url: str, headers: dict[str, str] | None = None) -> bool:
 
 def answers(url: str) -> bool:
     """Whether the endpoint at ``url`` (its /v1 base) answers its health route."""
-    return _answers(url.rsplit("/v1", 1)[0] + "/health")
+    return health(url) is not None
+
+
+def health(url: str) -> dict[str, Any] | None:
+    """The health document of the endpoint at ``url`` (its /v1 base): status and served model ids; None if down."""
+    try:
+        with urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/health", timeout=5) as r:
+            return json.loads(r.read()) if r.status == 200 else None
+    except (OSError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------------- status and stop
@@ -271,6 +297,14 @@ def _record(home: Path, ep: Endpoint) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[ep.app] = asdict(ep)
     path.write_text(json.dumps(data, indent=2))
+
+
+def forget_endpoints(home: Path) -> list[str]:
+    """Drop HERD_HOME's endpoint records (``herd down`` stops the cluster they run on); returns their names."""
+    path = _endpoints_file(home)
+    names = list(recorded(home))
+    path.unlink(missing_ok=True)
+    return names
 
 
 def recorded(home: Path) -> dict[str, Endpoint]:
@@ -315,4 +349,4 @@ def stop(home: Path, app: str | None = None) -> list[str]:
 
 
 __all__ = ["DeployError", "Endpoint", "ModelSpec", "answers", "api_key_sha256", "build_app", "deploy",
-           "endpoints", "lacking_resources", "recorded", "resolve_engine", "stop", "wait_ready"]
+           "endpoints", "forget_endpoints", "health", "lacking_resources", "recorded", "resolve_engine", "stop", "wait_ready"]

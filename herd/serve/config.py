@@ -48,9 +48,11 @@ class LimitsConfig(_Section):
 class DeployConfig(_Section):
     """``deploy`` section: an OpenAI-compatible endpoint on Ray Serve, lineage-tracked."""
 
-    model: str = Field("student", description="Key in `models` to serve (when `models` is empty).")
-    models: list[str] = Field(default_factory=list, description="Several keys in `models` served side by side "
-                              "in one application (overrides `model`).")
+    model: str = Field("student", description="Key in `models` whose line the pipeline serves (the recipe checks "
+                       "it exists); the deploy flow serves that line's final model, see `variant` / `models`.")
+    models: list[str] = Field(default_factory=list, description="Model roles (teacher, student, sft, rl, dpo, "
+                              "int8, int4, fp8) served side by side in one application, routed by `model` "
+                              "(herd-<role>); empty: the pipeline's final model of `variant`.")
     variant: Literal["bf16", "int8", "int4", "fp8"] = Field("bf16", description="Unquantized or a quantized "
                                                             "variant (must be listed in quantize.schemes).")
     engine: EngineName = Field("auto", description="vllm: Ray Serve LLM + vLLM; herd: herd's continuous-batching "
@@ -84,21 +86,26 @@ class DeployConfig(_Section):
     def _check(self) -> DeployConfig:
         if self.engine == "herd" and self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size > 1 needs engine: vllm (herd's engine is single-device)")
+        from herd.platform.roles import ROLES
+
+        bad = [m for m in self.models if m not in ROLES or m == "external"]
+        if bad:
+            raise ValueError(f"deploy.models {bad}: list model roles ({', '.join(r for r in ROLES if r != 'external')})")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"deploy.models {self.models} repeats a model; list each key once")
         if self.served_model_name and len(self.model_keys) > 1:
             raise ValueError("served_model_name names one model; with several `models` each is served as "
-                             "herd-<key>")
+                             "herd-<role>")
         return self
 
     @property
     def model_keys(self) -> list[str]:
-        """Keys of `models` this deployment serves."""
-        return list(self.models) or [self.model]
+        """Roles this deployment serves (empty `models`: one, the final model; see the deploy flow)."""
+        return list(self.models) or ["final"]
 
-    def served_name(self, key: str) -> str:
-        """The `model` name clients send for model `key`."""
-        return self.served_model_name if self.served_model_name and len(self.model_keys) == 1 else f"herd-{key}"
+    def served_name(self, role: str) -> str:
+        """The `model` name clients send for the model of `role`."""
+        return self.served_model_name if self.served_model_name and len(self.model_keys) == 1 else f"herd-{role}"
 
 
 __all__ = ["DeployConfig", "EngineName", "LimitsConfig", "ReplicaConfig"]

@@ -286,7 +286,7 @@ class HerdIngress(OpenAiIngress):
     async def tokenize(self, request: Request) -> Response:  # type: ignore[override]
         data = await self._json_body(request)
         model_id = await self._get_model_id(data.get("model"))
-        tok, cfg, _ = self._tok[model_id]
+        tok = self._tok[model_id][0]
         prompt = data.get("prompt")
         if not isinstance(prompt, str):
             raise APIError(400, "prompt must be a string", param="prompt", code="invalid_parameter")
