@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
 
+    import os
+
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")  # a loaded 2-core box is slow to answer
     import ray
     import torch
     from ray import serve

@@ -37,7 +37,8 @@ def vllm_blockers(model_dir: str | Path, *, gpu: bool) -> list[str]:
         from herd.model.config import ModelConfig
         from herd.model.hf import vllm_issues
 
-        reasons += vllm_issues(ModelConfig.from_hf_dict(cfg))
+        arch = {k: v for k, v in cfg.items() if k != "quantization_config"}  # how it is stored is not its shape
+        reasons += vllm_issues(ModelConfig.from_hf_dict(arch))
     except (ImportError, ValueError) as e:  # a config herd cannot read is vLLM's to judge
         reasons.append(f"config.json not readable as a herd Llama 4 config: {e}")
     return reasons

@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+
+# On a loaded 2-core box Serve's 5 s proxy readiness check fails and the controller kills the proxy: give it room.
+# Read by Serve's controller, which inherits the env of the process that starts Ray (set before ray_local runs).
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
 from tests.serve.api_cases import Served
 from tests.serve.tiny import write_tiny_model
 

@@ -1,0 +1,75 @@
+"""The deploy section and the Ray Serve LLM configs built from it (no Ray cluster needed: fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from herd.serve.config import DeployConfig
+
+
+def test_deploy_config_checks_name_what_is_wrong() -> None:
+    with pytest.raises(ValidationError, match="list model roles"):
+        DeployConfig(models=["student", "nonsense"])
+    with pytest.raises(ValidationError, match="repeats"):
+        DeployConfig(models=["student", "student"])
+    with pytest.raises(ValidationError, match="served_model_name names one model"):
+        DeployConfig(models=["teacher", "student"], served_model_name="x")
+    with pytest.raises(ValidationError, match="needs engine: vllm"):
+        DeployConfig(engine="herd", tensor_parallel_size=2)
+    cfg = DeployConfig(models=["teacher", "int4"])
+    assert [cfg.served_name(r) for r in cfg.models] == ["herd-teacher", "herd-int4"]
+    assert DeployConfig(served_model_name="mine").served_name("student") == "mine"
+
+
+def test_recipes_keep_validating_with_the_moved_section() -> None:
+    from herd.platform.config import load_recipe
+    from herd.platform.sections import DeployConfig as Reexported
+
+    assert Reexported is DeployConfig
+    for name in ("tiny", "scout", "maverick"):
+        assert isinstance(load_recipe(name).deploy, DeployConfig)
+
+
+def test_vllm_llm_config_cpu_and_gpu_differ_only_in_engine_args_and_placement(tmp_path) -> None:
+    from herd.serve.app import ModelSpec
+    from herd.serve.vllm_app import llm_config
+
+    spec = ModelSpec(id="herd-student", path=str(tmp_path), engine="vllm")
+    cpu = llm_config(spec, DeployConfig(max_model_len=256))
+    gpu = llm_config(spec, DeployConfig(max_model_len=256, num_gpus=1, tensor_parallel_size=2, dtype="bfloat16"))
+    assert cpu.accelerator_config.kind == "cpu" and gpu.accelerator_config.kind == "gpu"
+    assert cpu.engine_kwargs["enforce_eager"] is True and "enforce_eager" not in gpu.engine_kwargs
+    assert cpu.placement_group_config["bundles"] == [{"CPU": 1.0}]
+    assert gpu.placement_group_config["bundles"] == [{"GPU": 1, "CPU": 1.0}] * 2
+    assert cpu.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1" and gpu.runtime_env is None
+    assert cpu.model_id == gpu.model_id == "herd-student" and cpu.max_request_context_length == 256
+    # the replica actor takes no CPU of its own (Ray Serve LLM adds it to the engine's bundle)
+    assert cpu.deployment_config["ray_actor_options"]["num_cpus"] == 0
+
+
+def test_auto_engine_sends_quantized_checkpoints_to_herds_engine_on_cpu(tmp_path) -> None:
+    from herd.serve.app import resolve_engine
+    from tests.serve.tiny import write_tiny_model
+
+    ckpt = write_tiny_model(tmp_path / "m")
+    assert resolve_engine(ckpt, DeployConfig(engine="auto")) == "vllm"
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "compressed-tensors"}}))
+    assert resolve_engine(ckpt, DeployConfig(engine="auto")) == "herd"
+    assert resolve_engine(ckpt, DeployConfig(engine="auto", num_gpus=1)) == "vllm"
+    assert resolve_engine(ckpt, DeployConfig(engine="vllm")) == "vllm"
+
+
+def test_api_key_is_hashed_and_required_when_named(monkeypatch) -> None:
+    from herd.serve.app import DeployError, api_key_sha256
+
+    assert api_key_sha256(DeployConfig()) is None
+    monkeypatch.delenv("HERD_K", raising=False)
+    with pytest.raises(DeployError, match="export HERD_K"):
+        api_key_sha256(DeployConfig(api_key_env="HERD_K"))
+    monkeypatch.setenv("HERD_K", "sk-1")
+    digest = api_key_sha256(DeployConfig(api_key_env="HERD_K"))
+    assert digest is not None and len(digest) == 64 and "sk-1" not in digest
