@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from herd.data.config import DataConfig
 from herd.model.config import ModelConfig
 from herd.platform.errors import RecipeError
+from herd.platform.redact import redact_config, redact_override
 from herd.platform.sections import DeployConfig, EvaluateConfig, PostTrainConfig, QuantizeConfig
 from herd.train.config import DistillConfig, PretrainConfig
 
@@ -144,6 +145,14 @@ class Recipe(BaseModel):
         """Where this recipe came from (a built-in name or a file path, plus overrides)."""
         return self._source
 
+    def redacted_dump(self, **kw: Any) -> dict[str, Any]:
+        """``model_dump(mode="json", **kw)`` with secrets (storage options, keys, tokens) shown as ``***``.
+
+        What `herd recipe show` prints and what may be logged anywhere; the secret values are also remembered
+        by herd.platform.redact, so they are scrubbed from every MLflow write of this process.
+        """
+        return redact_config(self.model_dump(mode="json", **kw))
+
     def section(self, name: str) -> BaseModel | dict[str, ModelConfig]:
         if name not in SECTIONS:
             raise RecipeError(f"unknown recipe section {name!r}; sections are {', '.join(SECTIONS)}")
@@ -252,7 +261,10 @@ def load_recipe(ref: str | Path | None = None, overrides: Iterable[str] = ()) ->
     overrides = list(overrides)
     raw = apply_overrides(_read_yaml(ref), overrides)
     recipe = validate_raw(raw, ref)
-    recipe._source = ref + "".join(f" --set {o}" for o in overrides)
+    # The source is printed and tagged on MLflow runs: a `--set runtime.storage_options.secret=...` keeps its path
+    # and loses its value here, once, for every consumer.
+    recipe._source = ref + "".join(f" --set {redact_override(o)}" for o in overrides)
+    recipe.redacted_dump()  # remember the recipe's secret values, so MLflow writes scrub them wherever they appear
     return recipe
 
 

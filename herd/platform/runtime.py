@@ -1,46 +1,83 @@
 """Where herd runs: the embedded default, an existing cluster/server/S3, and ``herd up`` / ``herd down``.
 
 Embedded default, no configuration: a local Ray started by the command (dashboard 127.0.0.1:8265, token auth,
-token at ``$HERD_HOME/ray_auth_token`` unless ``RAY_AUTH_TOKEN_PATH`` says otherwise), MLflow on sqlite at
-``$HERD_HOME/mlflow.db``, artifacts at ``$HERD_HOME/artifacts``; ``HERD_HOME`` defaults to ``./.herd``.
-``--address`` / ``--tracking-uri`` / ``--store`` (or ``runtime:`` in the recipe) switch to a Ray cluster, an
-MLflow server and S3. ``herd up`` starts a persistent Ray head and MLflow server (pids and addresses in
-``$HERD_HOME/services.json``); later commands attach to them automatically. An already-initialized Ray in this
-process (a test fixture, a notebook) is always reused, never replaced.
+token at ``$HERD_HOME/ray_auth_token`` unless ``RAY_AUTH_TOKEN_PATH`` says otherwise; ``herd token`` prints
+it), MLflow on sqlite at ``$HERD_HOME/mlflow.db``, artifacts at ``$HERD_HOME/artifacts``; ``HERD_HOME`` defaults
+to ``./.herd``. ``--address`` / ``--tracking-uri`` / ``--store`` (or ``runtime:`` in the recipe) switch to a
+Ray cluster, an MLflow server and S3.
+
+Which Ray a command uses, in order: an already-initialized Ray in this process (a test fixture, a notebook);
+``--address`` / ``runtime.ray_address`` / ``RAY_ADDRESS``; the head ``herd up`` (or ``ensure_persistent``)
+recorded in ``$HERD_HOME/services.json`` if that very process still runs; else a new local Ray for this
+command (``ray.init(address="local")``). Never Ray's own ``ray_current_cluster`` file: a head another tool left
+behind, or one that is gone, would capture or hang the run.
+
+Secrets: S3 credentials from the environment are put into the store's storage options, so Ray tasks and
+Ray Train workers receive them inside their (pickled) arguments; ``task_env()`` forwards only non-secret
+settings in ``runtime_env``, which the Ray dashboard displays. ``credentials()`` / ``with_credentials`` carry
+the rest for code that reads S3 through the environment.
 
     rt = Runtime(recipe.runtime)            # nothing is written until rt.start()
+    rt.ensure_persistent()                  # optional: a Ray head that outlives this command (a served endpoint)
     rt.start(); ...; rt.stop()
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from herd.platform import services as _services
 from herd.platform.config import RuntimeConfig
 from herd.platform.errors import HerdError
+from herd.platform.raylog import RayLog
+from herd.platform.services import down, free_port, read_services, services_file
 from herd.platform.store import ArtifactStore
 
-# Forwarded to Ray tasks so workers of a cluster started elsewhere reach the same S3 / MLflow.
-# Only these: a task with a runtime_env gets a dedicated worker pool (a fresh process start, ~2 s here).
-FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-               "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+# Environment that Ray tasks need on a cluster started elsewhere, split by whether the dashboard may show it.
+# A task with a runtime_env gets a dedicated worker pool (a fresh process start, ~2 s here): keep these few.
+FORWARD_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+TOKEN_COMMAND = "herd token"
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Create ``path`` with mode 0600 holding ``text``, atomically; False if it already exists (kept as is).
+
+    The file is written under a temporary name created 0600 (O_EXCL, so never readable by others, not even
+    for an instant) and linked into place: a concurrent reader sees no file or the whole file, never a
+    partial token, and of two racing writers exactly one wins.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def token_path(home: Path) -> Path:
+    """The Ray auth token file herd uses for HERD_HOME (``RAY_AUTH_TOKEN_PATH`` wins when set)."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or home / "ray_auth_token")
 
 
 def base_env(home: Path) -> None:
     """Process env every herd command sets (before Ray/MLflow start; kept if the user set them)."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # Train V2 report() throttle
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow prints "View run ... / View experiment ..." on every run end (REST stores): herd prints its own links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HERD_HOME", str(home))
     if "ray._raylet" in sys.modules:
@@ -50,60 +87,93 @@ def base_env(home: Path) -> None:
     if "RAY_AUTH_TOKEN_PATH" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
         token = home / "ray_auth_token"
         if not token.exists():
-            token.write_text(secrets.token_hex(32))
-            token.chmod(0o600)
+            home.mkdir(parents=True, exist_ok=True)
+            write_private(token, secrets.token_hex(32))
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # the Ray CLI needs it with a token path (Ray 2.60)
-
-
-def services_file(home: Path) -> Path:
-    return home / "services.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def read_services(home: Path) -> dict[str, Any]:
-    """``herd up`` services that are still alive."""
-    path = services_file(home)
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: v for k, v in data.items() if isinstance(v, dict) and _alive(int(v.get("pid", -1)))}
 
 
 @dataclass
 class RayInfo:
     address: str
     dashboard_url: str
-    token_path: str
+    token_path: str  # where the token is; print TOKEN_COMMAND to users, never the token
     started_here: bool
+    log_path: str = ""  # Ray's own output of this command (empty when it was left where it goes by default)
+    token_command: str = TOKEN_COMMAND
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Secret environment (AWS keys) for Ray workers, carried as a task argument instead of in runtime_env."""
+
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:  # never the values (tracebacks, logs)
+        return f"Credentials({', '.join(k for k, _ in self.env) or 'none'})"
+
+    def apply(self) -> None:
+        for k, v in self.env:
+            os.environ[k] = v
+
+
+def with_credentials(creds: Credentials, fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` after setting ``creds`` in this process: wrap a Ray task's function with it.
+
+        ray.remote(with_credentials).options(name=..., runtime_env={"env_vars": rt.task_env()})
+           .remote(rt.credentials(), fn, *args)
+    """
+    creds.apply()
+    return fn(*args)
+
+
+def _store_options(uri: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for an s3:// store completed from the environment (keys, session token, endpoint).
+
+    Explicit options then travel with the store into every Ray task and Ray Train worker (pickled arguments), so
+    workers of a Ray started before these variables were set, or on other machines, reach the same bucket.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return options
+    out = dict(options)
+    if not ({"key", "secret", "token", "profile", "anon"} & set(out)) and os.environ.get("AWS_ACCESS_KEY_ID") \
+            and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        out["key"], out["secret"] = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            out["token"] = os.environ["AWS_SESSION_TOKEN"]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in out and "endpoint_url" not in out.get("client_kwargs", {}):
+        out["endpoint_url"] = endpoint
+    return out
 
 
 class Runtime:
-    """Resolved runtime: home, store, tracking URI and Ray address (CLI flags > recipe > herd up > embedded)."""
+    """Resolved runtime: home, store, tracking URI and Ray address (CLI flags > recipe > herd up > embedded).
+
+    ``route_logs=True`` (the CLI) sends Ray's own terminal output to ``$HERD_HOME/logs/ray-<time>-<pid>.log``
+    (see herd.platform.raylog) from ``start()`` to ``stop()``; ``RayInfo.log_path`` names the file.
+    """
 
     def __init__(self, cfg: RuntimeConfig | None = None, *, address: str | None = None,
-                 tracking_uri: str | None = None, store: str | None = None):
+                 tracking_uri: str | None = None, store: str | None = None, route_logs: bool = False):
         cfg = cfg or RuntimeConfig()
         self.cfg = cfg
         self.home = cfg.resolved_home()
         running = read_services(self.home)
-        self.ray_address = address or cfg.ray_address or running.get("ray", {}).get("address")
+        self.ray_address = (address or cfg.ray_address or os.environ.get("RAY_ADDRESS")
+                            or running.get("ray", {}).get("address"))
         self.tracking_uri = (tracking_uri or cfg.tracking_uri or running.get("mlflow", {}).get("uri")
                              or cfg.resolved_tracking_uri())
         self.store_uri = store or cfg.resolved_store()
         self.experiment = cfg.experiment
         self.ray: RayInfo | None = None
+        self.route_logs = route_logs
+        self._raylog: RayLog | None = None
 
     # ------------------------------------------------------------------------------------------ parts
     def artifact_store(self) -> ArtifactStore:
-        return ArtifactStore(self.store_uri, self.cfg.storage_options, cache_dir=self.home / "cache")
+        return ArtifactStore(self.store_uri, _store_options(self.store_uri, self.cfg.storage_options),
+                             cache_dir=self.home / "cache")
 
     def mlflow_artifact_location(self) -> str | None:
         """Where a new experiment keeps MLflow's own artifacts (servers decide themselves)."""
@@ -113,13 +183,44 @@ class Runtime:
         return store.uri("mlflow") if not store.local else str(self.home / "mlartifacts")
 
     def task_env(self) -> dict[str, str]:
+        """Non-secret environment for Ray tasks' ``runtime_env`` (shown on the dashboard: no keys here)."""
         return {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+
+    def credentials(self) -> Credentials:
+        """Secret environment for Ray tasks, to pass as an argument through ``with_credentials``."""
+        return Credentials(tuple((k, os.environ[k]) for k in SECRET_ENV if k in os.environ))
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def prepare(self) -> None:
         """Create HERD_HOME and set the process env (token path, telemetry off, Train report interval)."""
         self.home.mkdir(parents=True, exist_ok=True)
         base_env(self.home)
+
+    def ensure_persistent(self, on_event: Any = None) -> dict[str, Any]:
+        """Use a Ray head that outlives this command: the recorded one, else start one as ``herd up`` does.
+
+        For steps whose effect must survive the command, e.g. the deploy step's Ray Serve endpoint: call it
+        before ``start()`` (the Runner starts Ray lazily, at the first step that needs it). Returns the head's
+        record (address, dashboard, pid; ``{"address": ...}`` for a cluster named by ``--address``). The head is
+        recorded in ``$HERD_HOME/services.json``, so later commands attach to it and ``herd down`` stops it. A Ray
+        already initialized in this process (tests, notebooks) is used as it is.
+        """
+        if self.ray is not None and not self.ray.started_here:
+            return {"address": self.ray.address, "dashboard": self.ray.dashboard_url}
+        if self.ray is not None:
+            raise HerdError("ensure_persistent() was called after this command started its own local Ray; "
+                            "call it before Runtime.start() (before the first step runs)")
+        import ray
+
+        if ray.is_initialized():
+            return {"address": ray.get_runtime_context().gcs_address, "dashboard": _dashboard()}
+        recorded = read_services(self.home).get("ray")
+        if self.ray_address and (recorded is None or recorded["address"] != self.ray_address):
+            return {"address": self.ray_address}  # a cluster named by --address / RAY_ADDRESS lives on its own
+        if recorded is None:
+            recorded = up(self.cfg, parts=("ray",), on_event=on_event)["ray"]
+        self.ray_address = recorded["address"]
+        return recorded
 
     def start(self) -> RayInfo:
         """Prepare, then attach to (or start) Ray. Idempotent."""
@@ -134,32 +235,60 @@ class Runtime:
             ctx = ray.get_runtime_context()
             self.ray = RayInfo(ctx.gcs_address, _dashboard(), token, started_here=False)
             return self.ray
-        if self.ray_address:
-            info = ray.init(address=self.ray_address, log_to_driver=True)
-            started = False
-        else:
-            kw: dict[str, Any] = {}
-            if self.cfg.num_cpus:
-                kw["num_cpus"] = self.cfg.num_cpus
-            if self.cfg.object_store_mb:
-                kw["object_store_memory"] = self.cfg.object_store_mb * 1024**2
-            # A second herd command (or any other local Ray) may hold the dashboard port: take a free one instead
-            # of failing; the progress display and `RayInfo.dashboard_url` say which.
-            info = ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                            dashboard_port=_free_port(self.cfg.dashboard_port), log_to_driver=True, **kw)
-            started = True
+        log_path = ""
+        if self.route_logs:
+            path = self.home / "logs" / f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            self._raylog = RayLog(path).start()
+            log_path = str(path)
+        try:
+            info, started = self._init_ray(ray)
+        except BaseException:
+            self._stop_log()
+            raise
+        if self._raylog is not None:
+            self._raylog.route_loggers()  # loggers ray.init configured
+            self._raylog.attach_workers()
         dash = info.dashboard_url or ""
         self.ray = RayInfo(info.address_info.get("gcs_address", self.ray_address or ""),
-                           f"http://{dash}" if dash and not dash.startswith("http") else dash, token, started)
+                           f"http://{dash}" if dash and not dash.startswith("http") else dash, token, started,
+                           log_path)
         return self.ray
 
-    def stop(self) -> None:
-        """Shut down the Ray this command started (an attached one is left running)."""
-        if self.ray is not None and self.ray.started_here:
-            import ray
+    def _init_ray(self, ray: Any) -> tuple[Any, bool]:
+        if self.ray_address:
+            return ray.init(address=self.ray_address, log_to_driver=True), False
+        kw: dict[str, Any] = {}
+        if self.cfg.num_cpus:
+            kw["num_cpus"] = self.cfg.num_cpus
+        if self.cfg.object_store_mb:
+            kw["object_store_memory"] = self.cfg.object_store_mb * 1024**2
+        # address="local": always a new Ray for this command. Without it ray.init() follows Ray's
+        # ray_current_cluster file to whatever `ray start` ran last, alive or not (it hangs on a dead one).
+        # A second herd command (or any other local Ray) may hold the dashboard port: take a free one instead
+        # of failing; the progress display and `RayInfo.dashboard_url` say which.
+        info = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                        dashboard_port=free_port(self.cfg.dashboard_port), log_to_driver=True, **kw)
+        return info, True
 
-            ray.shutdown()
-        self.ray = None
+    def _stop_log(self) -> None:
+        if self._raylog is not None:
+            self._raylog.stop()
+            self._raylog = None
+
+    def stop(self) -> None:
+        """Shut down the Ray this command started (an attached one is left running); restore the terminal."""
+        try:
+            if self.ray is not None and self.ray.started_here:
+                import ray
+
+                ray.shutdown()
+            elif self.ray is not None and self._raylog is not None:
+                import ray
+
+                ray.shutdown()  # disconnect this driver (the cluster keeps running) before the log closes
+        finally:
+            self.ray = None
+            self._stop_log()
 
 
 def _dashboard() -> str:
@@ -172,99 +301,16 @@ def _dashboard() -> str:
         return ""
 
 
-# ----------------------------------------------------------------------------------------- herd up/down
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return s.getsockname()[1]
-            except OSError:
-                continue
-    raise HerdError("no free TCP port on 127.0.0.1")
-
-
-def _bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    return str(cand) if cand.exists() else name
-
-
-def _wait(url: str, timeout: float, headers: dict[str, str] | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
-                return True
-        except OSError:
-            time.sleep(0.5)
-    return False
-
-
-def up(cfg: RuntimeConfig, mlflow_port: int = 5000, ray_port: int = 6380) -> dict[str, Any]:
-    """Start a persistent local Ray head and MLflow server for HERD_HOME (no-op for parts already running)."""
+def up(cfg: RuntimeConfig, **kw: Any) -> dict[str, Any]:
+    """``herd up``: base_env for HERD_HOME (token file, auth mode), then herd.platform.services.up."""
     home = cfg.resolved_home()
     home.mkdir(parents=True, exist_ok=True)
     base_env(home)
-    services = read_services(home)
-    logs = home / "logs"
-    logs.mkdir(exist_ok=True)
-    if "ray" not in services:
-        port = _free_port(ray_port)
-        dash_port = _free_port(cfg.dashboard_port)
-        cmd = [_bin("ray"), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dash_port}", "--disable-usage-stats"]
-        if cfg.num_cpus:
-            cmd.append(f"--num-cpus={cfg.num_cpus}")
-        # --block keeps `ray start` in the foreground; stopping its process group stops exactly this head.
-        with open(logs / "ray.log", "ab") as log:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ))
-        services["ray"] = {"pid": proc.pid, "address": f"127.0.0.1:{port}",
-                           "dashboard": f"http://127.0.0.1:{dash_port}",
-                           "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}
-    if "mlflow" not in services:
-        port = _free_port(mlflow_port)
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        cmd = [_bin("mlflow"), "server", "--backend-store-uri", cfg.tracking_uri or cfg.resolved_tracking_uri(),
-               "--artifacts-destination", str(home / "mlartifacts"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
-        with open(logs / "mlflow.log", "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        services["mlflow"] = {"pid": proc.pid, "uri": f"http://127.0.0.1:{port}"}
-    services_file(home).write_text(json.dumps(services, indent=2))
-    token = Path(services["ray"]["token_path"]).read_text().strip() if services["ray"]["token_path"] else ""
-    ok_ray = _wait(f"{services['ray']['dashboard']}/api/version", 90, {"Authorization": f"Bearer {token}"})
-    ok_ml = _wait(f"{services['mlflow']['uri']}/health", 90)
-    if not (ok_ray and ok_ml):
-        down(cfg)
-        raise HerdError(f"herd up: {'Ray' if not ok_ray else 'MLflow'} did not become ready in 90 s; "
-                        f"see {logs}")
-    return services
+    return _services.up(cfg, **kw)
 
 
-def down(cfg: RuntimeConfig) -> list[str]:
-    """Stop what ``herd up`` started for this HERD_HOME (by its recorded process groups)."""
-    home = cfg.resolved_home()
-    path = services_file(home)
-    if not path.exists():
-        return []
-    stopped = []
-    for name, svc in json.loads(path.read_text()).items():
-        pid = int(svc.get("pid", -1))
-        if pid > 0 and _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            for _ in range(60):
-                if not _alive(pid):
-                    break
-                time.sleep(0.5)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            stopped.append(name)
-    path.unlink()
-    return stopped
+_free_port = free_port  # old private name, kept for callers outside this module
 
 
-__all__ = ["FORWARD_ENV", "RayInfo", "Runtime", "base_env", "down", "read_services", "up"]
+__all__ = ["FORWARD_ENV", "SECRET_ENV", "TOKEN_COMMAND", "Credentials", "RayInfo", "Runtime", "base_env", "down",
+           "free_port", "read_services", "services_file", "token_path", "up", "with_credentials", "write_private"]

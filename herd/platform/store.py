@@ -263,14 +263,23 @@ class ArtifactStore:
         tmp = cache / f".dl-{digest[:12]}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True, exist_ok=True)
         remote = self.path(key)
-        for path in self.fs.find(remote):
-            rel = path[len(remote) + 1:]
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(path, str(dest))
-        if dir_digest(tmp) != digest:
+        try:
+            for path in self.fs.find(remote):
+                # A remote key is data, not a path to trust: "objects/ab/<d>/../../x" must not write outside tmp.
+                rel = safe_key(path[len(remote) + 1:])
+                dest = tmp / rel
+                if not dest.resolve().is_relative_to(tmp.resolve()):
+                    raise StoreError(f"artifact {digest[:12]} in {self.root} holds a file outside its directory "
+                                     f"({rel!r}); refusing to download it")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(path, str(dest))
+            # Verified before the files become visible under the cache path that callers read.
+            if dir_digest(tmp) != digest:
+                raise StoreError(f"artifact {digest[:12]} downloaded from {self.root} does not match its digest "
+                                 "(changed or corrupt in the store); refusing to use it")
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"artifact {digest[:12]} downloaded from {self.root} does not match its digest")
+            raise
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished the same download first
