@@ -69,6 +69,11 @@ def _fail(e: HerdError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _say(message: str) -> None:
+    """One line of progress for the user (never wrapped: paths and commands stay copy-pastable)."""
+    out.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 def _load(recipe: str | None, sets: list[str] | None):
     from herd.platform.config import load_recipe
 
@@ -78,7 +83,8 @@ def _load(recipe: str | None, sets: list[str] | None):
 def _runtime(rec, address: str | None, tracking_uri: str | None, store: str | None):
     from herd.platform.runtime import Runtime
 
-    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store)
+    # route_logs: Ray's own output goes to $HERD_HOME/logs/ray-*.log from the moment Ray starts, not the terminal.
+    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store, route_logs=True)
 
 
 def pipeline_steps(rec, flows: list[str] | None = None):
@@ -222,29 +228,53 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, rec
 
 @app.command()
 def up(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them."""
+    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them.
+
+    The dashboard and MLflow listen on 127.0.0.1. Ray's GCS and client ports listen on all interfaces (Ray
+    cannot bind them to loopback in local mode); token auth protects them: `herd token` prints the token.
+    """
     from herd.platform import runtime
 
     try:
-        services = runtime.up(_load(recipe, set_).runtime)
+        services = runtime.up(_load(recipe, set_).runtime, on_event=_say)
     except HerdError as e:
         _fail(e)
     r, m = services["ray"], services["mlflow"]
-    out.print(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (token in {r['token_path']})")
-    out.print(f"MLflow     {m['uri']}")
-    out.print("Stop both with `herd down`.")
+    _say(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (login token: run `{runtime.TOKEN_COMMAND}`; "
+         f"file {r['token_path']})")
+    _say(f"MLflow     {m['uri']}")
+    _say("Stop both with `herd down`.")
 
 
 @app.command()
 def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME."""
+    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME (only if still the same processes)."""
     from herd.platform import runtime
 
     try:
-        stopped = runtime.down(_load(recipe, set_).runtime)
+        stopped = runtime.down(_load(recipe, set_).runtime, on_event=_say)
     except HerdError as e:
         _fail(e)
-    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def token(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Print the Ray dashboard's login token for HERD_HOME (paste it into the dashboard's login dialog)."""
+    from herd.platform.runtime import token_path
+
+    try:
+        home = _load(recipe, set_).runtime.resolved_home()
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            print(os.environ["RAY_AUTH_TOKEN"])
+            return
+        path = token_path(home)
+        if not path.is_file():
+            raise HerdError(f"no Ray token at {path}: it is created by the first `herd run` or `herd up` for "
+                              f"HERD_HOME={home}")
+        print(path.read_text().strip())
+    except HerdError as e:
+        _fail(e)
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -287,7 +317,7 @@ def recipe_show(name: Annotated[str, typer.Argument(help="Built-in name or YAML 
         rec = _load(name, set_)
     except HerdError as e:
         _fail(e)
-    data = rec.model_dump(mode="json", exclude_defaults=diff)
+    data = rec.redacted_dump(exclude_defaults=diff)  # storage options, keys and tokens as ***
     print(yaml.safe_dump(data, sort_keys=False, width=110).rstrip())
     print("\n# parameters (total / active per token)")
     for key, m in rec.models.items():

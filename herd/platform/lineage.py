@@ -40,9 +40,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
+    from herd.platform.redact import scrubbing_client
 
-    return MlflowClient(tracking_uri)
+    return scrubbing_client(tracking_uri)  # every tag, param and text written is scrubbed of known secrets
 
 
 def experiment_id(client, name: str, artifact_location: str | None) -> str:

@@ -279,11 +279,15 @@ class Runner:
             else:
                 import ray
 
+                from herd.platform.runtime import with_credentials
+
+                # runtime_env (shown on the Ray dashboard) carries only non-secret settings; AWS keys travel as a
+                # task argument and are set in the worker by with_credentials.
                 env = self.rt.task_env()
-                remote = ray.remote(_execute_body).options(
+                remote = ray.remote(with_credentials).options(
                     name=step.name, max_retries=0, runtime_env={"env_vars": env} if env else None,
                     **step.resources.ray_options())
-                out = ray.get(remote.remote(*args))
+                out = ray.get(remote.remote(self.rt.credentials(), _execute_body, *args))
         except Exception as e:  # the step's own error (any type): recorded, then re-raised as StepFailed
             sink.flush()
             with self._lock:
