@@ -29,9 +29,14 @@ class Progress:
         self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)", soft_wrap=True)
         self.console.print(f"Artifacts      {where.get('store')}", soft_wrap=True)
 
-    def ray(self, dashboard: str, token: str) -> None:
+    def ray(self, dashboard: str, token: str, log: str = "") -> None:
+        """Where Ray is: its dashboard (the login token comes from `herd token`, never printed here: output lands
+        in logs; ``token`` is the file, for callers that want it) and the file Ray's own output goes to."""
         if self.enabled and dashboard:
-            self.console.print(f"Ray dashboard  {dashboard}  (token auth; token in {token})", soft_wrap=True)
+            self.console.print(f"Ray dashboard  {dashboard}  (login token: run `herd token`)", soft_wrap=True,
+                               highlight=False)
+        if self.enabled and log:
+            self.console.print(f"Ray logs       {log}", soft_wrap=True, highlight=False)
 
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:

@@ -252,7 +252,7 @@ class Runner:
     def _ensure_ray(self, progress: Progress) -> None:
         if self.rt.ray is None:
             info = self.rt.start()
-            progress.ray(info.dashboard_url, info.token_path)
+            progress.ray(info.dashboard_url, info.token_path, info.log_path)
 
     def _flow_run(self, flow: str, recipe_source: str, result: RunResult) -> str:
         with self._lock:
