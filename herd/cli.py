@@ -50,6 +50,13 @@ TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow 
                                                  "Default: sqlite at $HERD_HOME/mlflow.db.")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Artifact store root (path, file://, "
                                               "s3://bucket/prefix). Default: $HERD_HOME/artifacts.")]
+ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="Re-run this step (pretrain.train) or flow "
+                                                    "(pretrain) from scratch, under a fresh Ray Train run, even "
+                                                    "when cached (repeatable). Dependents re-run only if its "
+                                                    "outputs change.")]
+WaitOpt = Annotated[float, typer.Option("--wait-lease", help="Seconds to wait for a step another `herd run` on "
+                                        "the same store is running (then reuse its result); 0 refuses at once, "
+                                        "naming the holder.")]
 
 
 def _version(value: bool) -> None:
@@ -69,11 +76,6 @@ def _fail(e: HerdError) -> None:
     raise typer.Exit(e.exit_code)
 
 
-def _say(message: str) -> None:
-    """One line of progress for the user (never wrapped: paths and commands stay copy-pastable)."""
-    out.print(message, soft_wrap=True, highlight=False, markup=False)
-
-
 def _load(recipe: str | None, sets: list[str] | None):
     from herd.platform.config import load_recipe
 
@@ -83,8 +85,7 @@ def _load(recipe: str | None, sets: list[str] | None):
 def _runtime(rec, address: str | None, tracking_uri: str | None, store: str | None):
     from herd.platform.runtime import Runtime
 
-    # route_logs: Ray's own output goes to $HERD_HOME/logs/ray-*.log from the moment Ray starts, not the terminal.
-    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store, route_logs=True)
+    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store)
 
 
 def pipeline_steps(rec, flows: list[str] | None = None):
@@ -113,7 +114,8 @@ def _targets(steps, flows: list[str] | None) -> list[str] | None:
     return [s.name for s in steps if s.flow in flows]
 
 
-def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None) -> None:
+def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None, force: list[str] | None = None,
+            wait_lease: float = 0.0) -> None:
     try:
         rec = _load(recipe, sets)
         steps = pipeline_steps(rec, flows)
@@ -121,7 +123,8 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None)
 
         rt = _runtime(rec, address, tracking_uri, store)
         try:
-            res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source)
+            res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
+                                 lease_wait_s=wait_lease)
         finally:
             rt.stop()
     except HerdError as e:
@@ -132,37 +135,42 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None)
 
 @app.command()
 def run(recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None, tracking_uri: TrackingOpt = None,
-        store: StoreOpt = None) -> None:
+        store: StoreOpt = None, force: ForceOpt = None, wait_lease: WaitOpt = 0.0) -> None:
     """Run the whole pipeline: every registered flow in order, reusing every step that is cached."""
-    _do_run(recipe, set_, address, tracking_uri, store, None)
+    _do_run(recipe, set_, address, tracking_uri, store, None, force, wait_lease)
 
 
 @app.command()
 def flow(name: Annotated[str, typer.Argument(help="Flow to run (data, pretrain, distill, ...).")],
          recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None,
-         tracking_uri: TrackingOpt = None, store: StoreOpt = None) -> None:
+         tracking_uri: TrackingOpt = None, store: StoreOpt = None, force: ForceOpt = None,
+         wait_lease: WaitOpt = 0.0) -> None:
     """Run one flow's steps plus any upstream step that is not cached."""
-    _do_run(recipe, set_, address, tracking_uri, store, [name])
+    _do_run(recipe, set_, address, tracking_uri, store, [name], force, wait_lease)
 
 
 @app.command()
 def plan(flow_name: Annotated[str | None, typer.Argument(metavar="[FLOW]", help="Limit to this flow "
                                                          "(and its upstream).")] = None,
-         recipe: RecipeOpt = None, set_: SetOpt = None, store: StoreOpt = None,
+         recipe: RecipeOpt = None, set_: SetOpt = None, store: StoreOpt = None, force: ForceOpt = None,
          as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False) -> None:
-    """Say for each step whether it will run or be reused, and WHY (changed field, input, code, never ran)."""
-    from herd.platform.runner import Runner
+    """Say for each step whether it will run or be reused, and WHY (changed field, input, code module, package
+    version, never ran); a cause shared by several steps is said first, in one line."""
+    from herd.platform.runner import Runner, summarize
 
     try:
         rec = _load(recipe, set_)
         steps = pipeline_steps(rec, [flow_name] if flow_name else None)
         rt = _runtime(rec, None, None, store)
-        entries = Runner(rt, progress=False).plan(steps, _targets(steps, [flow_name] if flow_name else None))
+        entries = Runner(rt, progress=False).plan(steps, _targets(steps, [flow_name] if flow_name else None),
+                                                  force=force or ())
     except HerdError as e:
         _fail(e)
     if as_json:
         out.print_json(json.dumps([e.__dict__ for e in entries]))
         return
+    for line in summarize(entries):
+        out.print(line, soft_wrap=True, highlight=False, markup=False)
     t = Table("step", "action", "why", box=None, header_style="bold")
     for e in entries:
         color = "cyan" if e.action == "reuse" else "yellow"
@@ -228,53 +236,29 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, rec
 
 @app.command()
 def up(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them.
-
-    The dashboard and MLflow listen on 127.0.0.1. Ray's GCS and client ports listen on all interfaces (Ray
-    cannot bind them to loopback in local mode); token auth protects them: `herd token` prints the token.
-    """
+    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them."""
     from herd.platform import runtime
 
     try:
-        services = runtime.up(_load(recipe, set_).runtime, on_event=_say)
+        services = runtime.up(_load(recipe, set_).runtime)
     except HerdError as e:
         _fail(e)
     r, m = services["ray"], services["mlflow"]
-    _say(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (login token: run `{runtime.TOKEN_COMMAND}`; "
-         f"file {r['token_path']})")
-    _say(f"MLflow     {m['uri']}")
-    _say("Stop both with `herd down`.")
+    out.print(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (token in {r['token_path']})")
+    out.print(f"MLflow     {m['uri']}")
+    out.print("Stop both with `herd down`.")
 
 
 @app.command()
 def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME (only if still the same processes)."""
+    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME."""
     from herd.platform import runtime
 
     try:
-        stopped = runtime.down(_load(recipe, set_).runtime, on_event=_say)
+        stopped = runtime.down(_load(recipe, set_).runtime)
     except HerdError as e:
         _fail(e)
-    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-
-
-@app.command()
-def token(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Print the Ray dashboard's login token for HERD_HOME (paste it into the dashboard's login dialog)."""
-    from herd.platform.runtime import token_path
-
-    try:
-        home = _load(recipe, set_).runtime.resolved_home()
-        if os.environ.get("RAY_AUTH_TOKEN"):
-            print(os.environ["RAY_AUTH_TOKEN"])
-            return
-        path = token_path(home)
-        if not path.is_file():
-            raise HerdError(f"no Ray token at {path}: it is created by the first `herd run` or `herd up` for "
-                              f"HERD_HOME={home}")
-        print(path.read_text().strip())
-    except HerdError as e:
-        _fail(e)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -317,7 +301,7 @@ def recipe_show(name: Annotated[str, typer.Argument(help="Built-in name or YAML 
         rec = _load(name, set_)
     except HerdError as e:
         _fail(e)
-    data = rec.redacted_dump(exclude_defaults=diff)  # storage options, keys and tokens as ***
+    data = rec.model_dump(mode="json", exclude_defaults=diff)
     print(yaml.safe_dump(data, sort_keys=False, width=110).rstrip())
     print("\n# parameters (total / active per token)")
     for key, m in rec.models.items():

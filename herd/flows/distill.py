@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from herd.flows._train import resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ TEACHER = "pretrain.train.model"
 
 
 def train(ctx: StepContext) -> None:
-    from herd.train.api import run_train_step
+    from herd.flows._train import run_train_step
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["distill"]
@@ -41,7 +42,7 @@ def train(ctx: StepContext) -> None:
 
 
 def build(recipe: Recipe) -> list[Step]:
-    cfg = recipe.distill
+    cfg = resolve_precision(recipe.distill)  # the key and `herd plan` see bf16 / fp32, never auto
     return [Step(
         "distill.train", train,
         config={"distill": cfg, f"models.{cfg.student}": recipe.models[cfg.student],
@@ -51,6 +52,5 @@ def build(recipe: Recipe) -> list[Step]:
         roles={"model": "student"},
         resources=Resources(cpus=0),
         in_driver=True,
-        code=["herd.train", "herd.model"],
         description=f"codistill models.{cfg.student} from models.{cfg.teacher} (alpha: {cfg.alpha.rule})",
     )]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from herd.flows._train import resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ SHARDS, VAL, TOKENIZER = "data.pack.pretrain", "data.pack.pretrain_val", "data.t
 
 
 def train(ctx: StepContext) -> None:
-    from herd.train.api import run_train_step
+    from herd.flows._train import run_train_step
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["pretrain"]
@@ -40,7 +41,7 @@ def train(ctx: StepContext) -> None:
 
 
 def build(recipe: Recipe) -> list[Step]:
-    cfg = recipe.pretrain
+    cfg = resolve_precision(recipe.pretrain)  # the key and `herd plan` see bf16 / fp32, never auto
     return [Step(
         "pretrain.train", train,
         config={"pretrain": cfg, f"models.{cfg.model}": recipe.models[cfg.model]},
@@ -49,6 +50,5 @@ def build(recipe: Recipe) -> list[Step]:
         roles={"model": "teacher"},
         resources=Resources(cpus=0),  # in the driver; the Ray Train workers reserve the CPUs
         in_driver=True,
-        code=["herd.train", "herd.model"],
         description=f"pretrain models.{cfg.model} on Ray Train ({cfg.workers.num_workers} workers)",
     )]

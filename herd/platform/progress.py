@@ -1,6 +1,8 @@
-"""Live terminal progress for a flow run (rich): each step's state, elapsed time, and where to look.
+"""Live terminal progress for a flow run (rich): each step's state, elapsed time, live progress and where to look.
 
-On a terminal it is a live table; elsewhere (CI logs, tests) it prints one line per state change.
+On a terminal it is a live table (step, state, elapsed, progress, where); elsewhere (CI logs, tests) it prints one
+line per state change and one per progress report. A failing step's traceback is printed in full, once. Nothing
+else is printed here: Ray's own output is routed to log files by the runtime.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from typing import Self
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-_STYLE = {"pending": "dim", "running": "yellow", "done": "green", "reused": "cyan", "failed": "bold red",
-          "skipped": "dim"}
+_STYLE = {"pending": "dim", "running": "yellow", "waiting": "magenta", "done": "green", "reused": "cyan",
+          "failed": "bold red", "refused": "bold red", "skipped": "dim"}
+_ENDED = ("done", "failed", "reused", "skipped", "refused")
 
 
 class Progress:
@@ -21,6 +25,7 @@ class Progress:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.state = {s: ["pending", None, None, ""] for s in steps}  # state, started, ended, where
+        self.work: dict[str, str] = {}  # step -> live progress text ("20/30  loss 3.1  1,200 tok/s")
         self._live: Live | None = None
 
     def header(self, **where: str) -> None:
@@ -53,9 +58,9 @@ class Progress:
     def update(self, step: str, state: str, where: str | None = None) -> None:
         row = self.state[step]
         now = time.monotonic()
-        if state == "running" and row[1] is None:
+        if state in ("running", "waiting") and row[1] is None:
             row[1] = now
-        if state in ("done", "failed", "reused", "skipped"):
+        if state in _ENDED:
             row[2] = now
         changed = row[0] != state
         row[0] = state
@@ -65,6 +70,24 @@ class Progress:
             self.console.print(f"[{_STYLE.get(state, '')}]{state:8}[/] {step}  {self._elapsed(row)}  {row[3]}",
                                soft_wrap=True, highlight=False)
         self.refresh()
+
+    def task(self, step: str, done: int, total: int, info: str = "") -> None:
+        """Live progress of a running step (a training step count, loss, tokens/s)."""
+        if step not in self.state:
+            return
+        text = f"{done}/{total}  {info}".strip() if total else info
+        self.work[step] = text
+        if self.enabled and self._live is None:
+            self.console.print(f"{'':8} {step}  {self._elapsed(self.state[step])}  {text}", soft_wrap=True,
+                               highlight=False, markup=False)
+        self.refresh()
+
+    def failure(self, step: str, traceback_text: str) -> None:
+        """Print a failed step's full traceback (above the live table on a terminal)."""
+        if not self.enabled:
+            return
+        self.console.print(Text(f"--- {step} failed; traceback:", style="bold red"))
+        self.console.print(Text(traceback_text.rstrip()), soft_wrap=True, highlight=False)
 
     def refresh(self) -> None:
         if self._live is not None:
@@ -78,8 +101,9 @@ class Progress:
 
     def _table(self) -> Table:
         t = Table(show_header=True, header_style="bold", box=None)
-        for col in ("step", "state", "elapsed", "where"):
+        for col in ("step", "state", "elapsed", "progress", "where"):
             t.add_column(col)
         for step, row in self.state.items():
-            t.add_row(step, f"[{_STYLE.get(row[0], '')}]{row[0]}[/]", self._elapsed(row), row[3])
+            t.add_row(step, f"[{_STYLE.get(row[0], '')}]{row[0]}[/]", self._elapsed(row),
+                      Text(self.work.get(step, "") if row[0] == "running" else ""), Text(row[3]))
         return t

@@ -73,6 +73,10 @@ class Step:
     code        library modules whose source is part of the cache key (the step function's own source always is).
     roles       model output name -> role (``herd.platform.roles``): what the model is (teacher, student, sft, ...).
                 The evaluate, quantize and deploy flows and the Model Registry find models by role.
+    verify_reuse ``fn(outputs: dict[str, Artifact]) -> str | None``, run in the driver before a cached record is
+                reused: ``None`` means the cached outputs are still good; a string is the reason the step must run
+                again (``herd plan`` / ``herd run`` show it), e.g. ``"endpoint http://127.0.0.1:8000 not
+                answering"`` for a deploy step whose side effect (a running server) is gone.
     """
 
     name: str
@@ -86,6 +90,7 @@ class Step:
     code: list[str] = field(default_factory=list)
     description: str = ""
     roles: dict[str, str] = field(default_factory=dict)
+    verify_reuse: Callable[[dict[str, Artifact]], str | None] | None = None
 
     def __post_init__(self) -> None:
         flow, dot, local = self.name.partition(".")
@@ -108,6 +113,8 @@ class Step:
                 raise FlowError(f"step {self.name}: {e}") from None
         if not callable(self.fn):
             raise FlowError(f"step {self.name}: fn must be a function taking the StepContext")
+        if self.verify_reuse is not None and not callable(self.verify_reuse):
+            raise FlowError(f"step {self.name}: verify_reuse must be a function outputs -> reason | None")
 
     @property
     def flow(self) -> str:
@@ -145,13 +152,18 @@ class MetricLogger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._queue.put(("tags", self.run_id, {k: str(v) for k, v in tags.items()}, None, time.time()))
 
+    def progress(self, done: int, total: int, info: str = "") -> None:
+        """Live progress of the step (``herd run`` shows it in the step's row): ``done`` of ``total`` units."""
+        self._queue.put(("progress", self.run_id, {"done": int(done), "total": int(total), "info": str(info)},
+                         None, time.time()))
+
 
 class StepContext:
     """Everything a running step may use. Built by the runner; one per step execution."""
 
     def __init__(self, *, step: Step, store: ArtifactStore, inputs: dict[str, Artifact], run_id: str,
                  flow_run_id: str, cache_key: str, logger: MetricLogger, tracking_uri: str, home: Path,
-                 sources: list[dict[str, str]] | None = None):
+                 sources: list[dict[str, str]] | None = None, attempt: str = ""):
         self.step = step
         self.name = step.name
         self.config = step.config
@@ -166,6 +178,8 @@ class StepContext:
         self._staging = Path(tempfile.mkdtemp(prefix=f"herd-{step.name}-"))
         self._outputs: dict[str, tuple[Path, str, dict[str, Any]]] = {}
         self.sources: list[dict[str, str]] = sources if sources is not None else []
+        self.attempt = attempt  # "" normally; a fresh token for a forced re-run (``herd run --force``)
+        self.artifacts: list[tuple[str, str, bytes]] = []  # (MLflow artifact dir, relative path, bytes)
 
     # ---------------------------------------------------------------------------------------- outputs
     def output_dir(self, name: str, format: str = "dir", **meta: Any) -> Path:
@@ -179,6 +193,12 @@ class StepContext:
         path.mkdir(parents=True)
         self._outputs[name] = (path, format, dict(meta))
         return path
+
+    def annotate_output(self, name: str, **meta: Any) -> None:
+        """Add to a staged output's manifest ``meta`` (run metadata: timings, run names; never hashed)."""
+        if name not in self._outputs:
+            raise FlowError(f"step {self.name}: output {name!r} was not created; call ctx.output_dir first")
+        self._outputs[name][2].update(meta)
 
     def staged_outputs(self) -> dict[str, tuple[Path, str, dict[str, Any]]]:
         return dict(self._outputs)
@@ -196,6 +216,23 @@ class StepContext:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._logger.set_tags(tags)
 
+    def progress(self, done: int, total: int, info: str = "") -> None:
+        """Live progress shown in the step's row of ``herd run`` (e.g. training step 20/30, loss, tok/s)."""
+        self._logger.progress(done, total, info)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str) -> None:
+        """Attach small files (plots, reports; < 20 MB in all) to the step's MLflow run under ``artifact_path``.
+
+        The files travel back to the driver with the step's result, and the driver writes them to MLflow, so
+        this works the same in a Ray task and in the driver."""
+        root = Path(local_dir)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in files) + sum(len(b) for _, _, b in self.artifacts)
+        if size > 20 * 1024**2:
+            raise FlowError(f"step {self.name}: log_artifacts({root}) carries {size / 1024**2:.0f} MB; MLflow "
+                            "artifacts of a step are for small files: declare a step output for large ones")
+        self.artifacts.extend((artifact_path, p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
+
     def metric_logger(self) -> MetricLogger:
         """A picklable logger for code running in other Ray workers (e.g. rank 0 of a Ray Train job)."""
         return self._logger
@@ -208,15 +245,19 @@ class StepContext:
     @property
     def checkpoint_dir(self) -> str:
         """Store URI stable per (step, cache key): a restarted step finds what it saved here before."""
-        key = f"checkpoints/{self.name}/{self.cache_key[:16]}"
+        key = f"checkpoints/{self.name}/{self.cache_key[:16]}" + (f"-{self.attempt}" if self.attempt else "")
         if self.store.local:  # object stores have no directories; local ones need it to exist
             os.makedirs(self.store.path(key), exist_ok=True)
         return self.store.uri(key)
 
     @property
     def train_run_name(self) -> str:
-        """A Ray Train ``RunConfig(name=...)`` stable per (step, cache key): re-running resumes the same job."""
-        return f"{self.name.replace('.', '-')}-{self.cache_key[:12]}"
+        """A Ray Train ``RunConfig(name=...)`` stable per (step, cache key): re-running resumes the same job.
+
+        A forced re-run (``herd run --force``) gets a fresh attempt token, hence a fresh name: it never resumes
+        the finished run; a later plain run after that forced run crashed resumes the forced attempt."""
+        base = f"{self.name.replace('.', '-')}-{self.cache_key[:12]}"
+        return f"{base}-{self.attempt}" if self.attempt else base
 
     def ray_train_storage(self) -> tuple[str, Any]:
         """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig`` inside the store.

@@ -7,7 +7,7 @@
     parallel.py     DDP / FSDP2 applied from outside the model; full state dicts for checkpoints
     checkpoint.py   per-rank checkpoint files with a completion marker; partial or foreign ones are refused
     ray_trainer.py  TorchTrainer wiring: FailureConfig, deliberate resume, live metrics relay to the driver
-    api.py          run_train_step: what a trainer flow step calls (progress, MLflow metrics, save_hf, plots)
+    api.py          train_and_export: train on Ray Train, save_hf + plots; plain paths and callbacks (no StepContext)
     metrics.py      expert load / router entropy, measured matmul peak for MFU
     plots.py        loss curve and expert-load PNGs
 """

@@ -1,6 +1,8 @@
 """Training plots from the metrics history the driver collected: the loss curve and the MoE expert load.
 
     paths = write_plots(history, out_dir)   # {"loss_curve": .../loss_curve.png, "expert_load": ...}
+
+Files only: a flow step attaches them to its MLflow run through its step context (only the driver writes MLflow).
 """
 
 from __future__ import annotations
@@ -67,9 +69,3 @@ def write_plots(history: list[tuple[int, dict[str, float]]], out_dir: str | Path
         plt.close(fig)
     return written
 
-
-def log_to_mlflow(tracking_uri: str, run_id: str, plots_dir: str | Path) -> None:
-    """Attach the PNGs to an MLflow run under `plots/` (call from the driver: only it talks to MLflow)."""
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri).log_artifacts(run_id, str(plots_dir), artifact_path="plots")

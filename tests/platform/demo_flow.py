@@ -49,15 +49,16 @@ def make(ctx: StepContext) -> None:
 
 
 def train(ctx: StepContext) -> None:
-    cfg = ctx.config  # a DemoTrain, or any section with an `lr` (the CLI tests use posttrain.rl)
+    cfg = ctx.config  # a DemoTrain, or a trainer section with `optim.lr` (the CLI tests use posttrain.rl)
     iterations, sleep_s = getattr(cfg, "iterations", 3), getattr(cfg, "sleep_s", 0.0)
+    lr = cfg.lr if hasattr(cfg, "lr") else cfg.optim.lr
     nums = json.loads((ctx.inputs["numbers"].local_path() / "numbers.json").read_text())
     ckpt = f"{ctx.checkpoint_dir}/state.json"
     fs, path = fsspec.core.url_to_fs(ckpt)
     state = json.loads(fs.cat_file(path)) if fs.exists(path) else {"it": 0, "w": 0.0, "resumed_from": 0}
     state["resumed_from"] = state["it"]
     for it in range(state["it"], iterations):
-        state["w"] += cfg.lr * sum(nums) / len(nums)
+        state["w"] += lr * sum(nums) / len(nums)
         state["it"] = it + 1
         time.sleep(sleep_s)
         fs.pipe_file(path, json.dumps(state).encode())  # progress a restarted step resumes from
@@ -85,7 +86,7 @@ def steps(source: str, make_cfg: dict | None = None, train_cfg: dict | None = No
 
 
 def build_from_recipe(source: str):
-    """A registry-style builder: demo.train reads the recipe's posttrain.rl section (for CLI tests)."""
+    """A registry-style builder: demo.train reads the recipe's posttrain.rl section (its optim.lr; CLI tests)."""
 
     def build(recipe) -> list[Step]:
         make_step, train_step = steps(source)

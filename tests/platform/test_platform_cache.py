@@ -54,7 +54,7 @@ def test_key_components_and_reasons(tmp_path, monkeypatch):
     new_input = cache.components(step(), {"x": d2})
     assert cache.explain(store, new_input) == ["input x changed: 111111111111 -> 222222222222"]
     assert cache.explain(store, cache.components(step(fn=fn_b), {"x": d1})) == [
-        "code changed (the step function or a module it declares)"]
+        "code changed: the step function"]
     outs = cache.components(step(outputs={"out": "dataset", "extra": "report"}), {"x": d1})
     assert outs.key != first.key and cache.explain(store, outs)[0].startswith("declared outputs changed")
     monkeypatch.setattr(herd, "__version__", "9.9.9")

@@ -36,14 +36,14 @@ def test_flow_plan_run_through_the_cli(ray_local, herd_home, demo_registered):
     assert res.exit_code == 0, res.output
     assert "2 step(s) ran, 0 reused" in res.output
 
-    res = cli.invoke(app, ["plan", "--json", "--set", "posttrain.rl.lr=0.5"])
+    res = cli.invoke(app, ["plan", "--json", "--set", "posttrain.rl.temperature=0.5"])
     assert res.exit_code == 0, res.output
     plan = {e["step"]: e for e in json.loads(res.output)}
     assert plan["demo.make"]["action"] == "reuse"
     assert plan["demo.train"]["action"] == "run"
-    assert plan["demo.train"]["reasons"] == ["config posttrain.rl.lr: 1e-05 -> 0.5"]
+    assert plan["demo.train"]["reasons"] == ["config posttrain.rl.temperature: 1.0 -> 0.5"]
 
-    res = cli.invoke(app, ["run", "--set", "posttrain.rl.lr=0.5"])
+    res = cli.invoke(app, ["run", "--set", "posttrain.rl.temperature=0.5"])
     assert res.exit_code == 0, res.output
     assert "1 step(s) ran, 1 reused" in res.output
 

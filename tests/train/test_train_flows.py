@@ -4,7 +4,6 @@ the tokenizer and (student) the teacher, and a second run reuses both steps."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -43,17 +42,19 @@ def test_pretrain_then_distill(ray_local, herd_home):
 
         for step in ("pretrain.train", "distill.train"):
             rec = res.records[step]
-            model_dir = runner.store.get(rec.outputs["model"]).local_path()
-            summary = json.loads((model_dir / "training.json").read_text())
-            assert summary["resumed_from"] is None
+            model_art = runner.store.get(rec.outputs["model"])
+            model_dir = model_art.local_path()
+            summary = model_art.manifest.meta["training"]  # run metadata: in the manifest, not the hashed files
+            assert summary["resumed_from"] is None and summary["run_name"].startswith(step.replace(".", "-"))
+            assert not (model_dir / "training.json").exists()
             losses = [m.value for m in client.get_metric_history(rec.run_id, "ce")]
             # every log_every steps, plus the checkpoint step 15 (a report carries the checkpoint)
             assert [m.step for m in client.get_metric_history(rec.run_id, "ce")] == [10, 15, 20, 30]
             # a fresh model predicts ~uniformly: CE = ln(1024) = 6.93; 30 small steps must get well below that
             assert losses[-1] < losses[0] and losses[-1] < 0.7 * math.log(1024), (step, losses)
             run = client.get_run(rec.run_id)
-            for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "eval/loss", "moe/layer1/entropy",
-                        "moe/layer1/load_e0", "moe/layer1/imbalance"):
+            for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "eval/loss", "moe.layer1.entropy",
+                        "moe.layer1.load_e0", "moe.layer1.imbalance"):
                 assert key in run.data.metrics, (step, key)
             assert 0 < run.data.metrics["mfu"] < 1
             plots = {a.path for a in client.list_artifacts(rec.run_id, "plots")}
