@@ -242,6 +242,12 @@ class Runtime:
             log_path = str(path)
         try:
             info, started = self._init_ray(ray)
+        except Exception as e:  # Ray's own reason is in its log, which the terminal no longer shows: name it
+            self._stop_log()
+            where = f"; Ray's own output is in {log_path}" if log_path else ""
+            target = f"the Ray cluster at {self.ray_address}" if self.ray_address else "a local Ray"
+            raise HerdError(f"could not start or reach {target}: {type(e).__name__}: {e}{where}. On a busy "
+                            "machine, retry; to use another cluster pass --address") from e
         except BaseException:
             self._stop_log()
             raise
