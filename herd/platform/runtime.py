@@ -210,6 +210,7 @@ class Runtime:
         if self.ray is not None:
             raise HerdError("ensure_persistent() was called after this command started its own local Ray; "
                             "call it before Runtime.start() (before the first step runs)")
+        self.prepare()  # before `import ray`: Ray reads the token settings once, at import
         import ray
 
         if ray.is_initialized():
