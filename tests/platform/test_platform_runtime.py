@@ -200,3 +200,29 @@ def test_up_down_then_run_finishes(tmp_path):
     run = _herd(["flow", "data", *[f"--set={s}" for s in SMALL_DATA]], env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert not [n for n in RAY_NOISE if n in run.stdout + run.stderr], (run.stdout + run.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_ensure_persistent_starts_a_recorded_head_that_outlives_the_command(tmp_path):
+    env = _isolated_env(tmp_path)
+    script = textwrap.dedent("""
+        import json
+        from herd.platform.runtime import Runtime
+        rt = Runtime()
+        head = rt.ensure_persistent()
+        info = rt.start()
+        assert not info.started_here and info.address.endswith(head["address"].rsplit(":", 1)[1]), (info, head)
+        rt.stop()
+        again = Runtime()  # a later command attaches to the recorded head
+        assert again.ray_address == head["address"]
+        print(json.dumps(head))
+    """)
+    try:
+        res = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        head = json.loads(res.stdout.strip().splitlines()[-1])
+        assert services.process_identity(head["pid"]) is not None  # still running after the command ended
+    finally:
+        down = _herd(["down"], env, timeout=120)
+    assert down.returncode == 0 and "stopped: ray" in down.stdout, down.stdout + down.stderr
