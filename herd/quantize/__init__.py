@@ -26,6 +26,7 @@ _LAZY = {
     "quantize_weights": "herd.quantize.targets",
     "export_compressed": "herd.quantize.export",
     "load_quantized": "herd.quantize.modules",
+    "load_for_inference": "herd.quantize.modules",
     "quantize_model_": "herd.quantize.modules",
     "KernelShapeError": "herd.quantize.modules",
     "QualityGateError": "herd.quantize.gate",

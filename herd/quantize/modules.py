@@ -229,5 +229,15 @@ def load_quantized(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, dev
     return quantize_model_(model, qweights, compute_dtype=dtype).eval()
 
 
+def load_for_inference(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> nn.Module:
+    """Any herd/HF Llama 4 checkpoint for inference: packed kernels when config.json has a
+    ``quantization_config`` (a compressed-tensors export), else the dense model (``load_hf``)."""
+    from herd.model.hf import load_hf
+
+    if "quantization_config" in json.loads((Path(path) / "config.json").read_text()):
+        return load_quantized(path, dtype=dtype, device=device)
+    return load_hf(path, dtype=dtype, device=device)
+
+
 __all__ = ["FP8Linear", "INT4_KERNEL_GROUPS", "Int4Linear", "Int8Linear", "KernelShapeError", "PackedExperts",
-           "check_shape", "load_quantized", "packed_linear", "quantize_model_", "read_quantized_weights"]
+           "check_shape", "load_for_inference", "load_quantized", "packed_linear", "quantize_model_", "read_quantized_weights"]

@@ -109,3 +109,15 @@ def test_swap_checks_every_shape_before_touching_the_model(tiny_model: Llama4) -
     with pytest.raises(KernelShapeError, match=bad):
         quantize_model_(model, qweights)
     assert all(type(m).__name__ != "PackedExperts" for m in model.modules())  # untouched
+
+
+def test_load_for_inference_dispatches_on_the_config(tiny_model: Llama4, exports: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    from herd.model import save_hf
+    from herd.quantize.modules import load_for_inference
+
+    dense = load_for_inference(save_hf(tiny_model, tmp_path / "dense"))
+    assert not any(isinstance(m, PackedExperts) for m in dense.modules())
+    assert dense.lm_head.weight.dtype == torch.bfloat16
+    packed = load_for_inference(exports["int4"])
+    assert isinstance(packed.model.layers[1].feed_forward.experts, PackedExperts)
