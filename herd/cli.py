@@ -122,6 +122,11 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
         from herd.platform.runner import Runner
 
         rt = _runtime(rec, address, tracking_uri, store)
+        if any(s.flow == "deploy" for s in steps) and (not flows or "deploy" in flows):
+            # the endpoint must outlive this command: run on a persistent local Ray head (as `herd up`)
+            rt.ensure_persistent(on_event=_serve_say)
+            _serve_say("herd keeps a persistent local Ray head for the served endpoint; `herd status` lists "
+                       "endpoints, `herd down` stops them and the head")
         try:
             res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
                                  lease_wait_s=wait_lease)
@@ -255,7 +260,13 @@ def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
     from herd.platform import runtime
 
     try:
-        stopped = runtime.down(_load(recipe, set_).runtime)
+        rec = _load(recipe, set_)
+        from herd.serve.app import forget_endpoints
+
+        gone = forget_endpoints(rec.runtime.resolved_home())  # they run on the head stopped below
+        stopped = runtime.down(rec.runtime)
+        if gone:
+            out.print(f"endpoints stopped with the cluster: {', '.join(gone)}", soft_wrap=True, highlight=False)
     except HerdError as e:
         _fail(e)
     out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -317,6 +328,63 @@ def recipe_validate(path: Annotated[str, typer.Argument(help="Recipe YAML file (
     except HerdError as e:
         _fail(e)
     out.print(f"[green]ok[/] {rec.source}: models {', '.join(rec.models)}")
+
+
+# ---------------------------------------------------------------------------------------------- serving
+def _serve_say(message: str) -> None:
+    out.print(message, soft_wrap=True, highlight=False, markup=False)
+
+@app.command()
+def serve(models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Artifact digest (>= 8 chars), "
+                                                      "MLflow m-... model id, or a local HF checkpoint dir; "
+                                                      "several are served side by side, routed by `model`.")],
+          engine: Annotated[str | None, typer.Option(help="vllm | herd | auto (default: the recipe's "
+                                                     "deploy.engine).")] = None,
+          port: Annotated[int | None, typer.Option(help="HTTP port (default: deploy.port).")] = None,
+          name: Annotated[str | None, typer.Option("--name", help="The `model` name clients send (one "
+                                                   "model).")] = None,
+          api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key; requests "
+                                                          "without it get 401.")] = None,
+          recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Serve models behind an OpenAI-compatible endpoint on the persistent local Ray (started if needed).
+
+    Returns once the endpoint answers; it keeps running: `herd status` lists it, `herd down` stops it."""
+    from herd.serve.commands import examples, serve_models
+
+    try:
+        rec = _load(recipe, set_)
+        upd = {k: v for k, v in {"engine": engine, "port": port, "served_model_name": name,
+                                 "api_key_env": api_key_env}.items() if v is not None}
+        cfg = rec.deploy.model_validate({**rec.deploy.model_dump(), **upd})
+        ep = serve_models(models, rec, cfg, address=address, say=_serve_say)
+    except (HerdError, ValueError, ImportError) as e:
+        _fail(e if isinstance(e, HerdError) else HerdError(str(e)))
+    out.print(f"[green]serving[/] {', '.join(m['id'] for m in ep.models)} at {ep.url}")
+    print(examples(ep))
+    _serve_say("The endpoint keeps running on the persistent local Ray: `herd status` lists it, `herd down` stops it.")
+
+
+@app.command()
+def status(recipe: RecipeOpt = None, set_: SetOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List HERD_HOME's served endpoints and whether each answers."""
+    from herd.serve.commands import status_rows
+
+    try:
+        rows = status_rows(_load(recipe, set_).runtime.resolved_home())
+    except HerdError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        _serve_say("no endpoints (start one with `herd serve MODEL` or `herd run`)")
+        return
+    table = Table("app", "url", "models", "up")
+    for r in rows:
+        table.add_row(r["app"], r["url"], ", ".join(f"{m['id']} ({m['role']}, {m['engine']})" for m in r["models"]),
+                      "[green]yes[/]" if r["up"] else "[red]no[/]")
+    out.print(table)
 
 
 if __name__ == "__main__":
