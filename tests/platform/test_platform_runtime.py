@@ -226,3 +226,19 @@ def test_ensure_persistent_starts_a_recorded_head_that_outlives_the_command(tmp_
     finally:
         down = _herd(["down"], env, timeout=120)
     assert down.returncode == 0 and "stopped: ray" in down.stdout, down.stdout + down.stderr
+
+
+def test_mlflow_prints_no_view_run_lines_of_its_own(mlflow_server, tmp_path, monkeypatch, capfd):
+    from mlflow import MlflowClient
+
+    from herd.platform.runtime import base_env
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    client = MlflowClient(mlflow_server)
+    exp = client.create_experiment(f"noise-{os.getpid()}-{time.time_ns()}")
+    client.set_terminated(client.create_run(exp).info.run_id)
+    assert "View run" in capfd.readouterr().out  # MLflow's default: two lines per finished run
+    monkeypatch.setenv("HERD_HOME", str(tmp_path))
+    base_env(tmp_path)
+    client.set_terminated(client.create_run(exp).info.run_id)
+    assert "View run" not in capfd.readouterr().out
