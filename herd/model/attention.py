@@ -20,7 +20,9 @@ from herd.model.rope import apply_rope, attn_temperature
 
 
 class KVStore(Protocol):
-    """What attention needs from a KV cache (``herd.model.generate.KVCache`` implements it)."""
+    """What attention needs from a KV cache (``herd.model.generate.KVCache`` and the serving engine's slot pool
+    ``herd.serve.engine.kv.SlotKV`` implement it). ``attend`` takes the new tokens' q/k/v (one or several per
+    row, at positions the store knows), writes k/v into the cache and returns their attention output."""
 
     prefilling: bool
 
@@ -49,6 +51,53 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: i
 
     o = F.scaled_dot_product_attention(blocks(q), blocks(k), blocks(v), is_causal=True, enable_gqa=True)
     return o.transpose(1, 2).reshape(B, n * chunk, nH, D)[:, :S]
+
+
+def append_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    start: int,
+    chunk: int | None,
+) -> torch.Tensor:
+    """Attend n new tokens of ONE sequence, at positions start..start+n-1, to its cache and themselves, and write
+    their keys/values into the cache (a prefill chunk appended to a live sequence, or n=1 decoding).
+
+    q (n, nH, D), k/v (n, nKV, D); kc/vc (nKV, width, D) are that sequence's cache rows: position p sits at slot p
+    (full layers: width >= start+n) or at slot p mod ``chunk`` (chunked layers: width = chunk, holding only the
+    current chunk). Returns (n, nH, D), equal to the full forward's rows start..start+n-1."""
+    n = q.shape[0]
+    if chunk is None:
+        kc[:, start : start + n] = k.transpose(0, 1)
+        vc[:, start : start + n] = v.transpose(0, 1)
+        if start == 0:
+            return causal_attention(q[None], k[None], v[None], None)[0]
+        keys, vals, k0 = kc[:, : start + n], vc[:, : start + n], 0
+    else:
+        k0 = (start // chunk) * chunk  # the current chunk's first position; cached at slots 0..start-k0-1
+        prefix = start - k0
+        if prefix == 0:  # starts on a chunk boundary: blocks aligned to the new tokens
+            o = causal_attention(q[None], k[None], v[None], chunk)[0]
+        else:  # read the cached prefix before the writes below can overwrite it (they wrap around the chunk)
+            keys = torch.cat([kc[:, :prefix], k.transpose(0, 1)], dim=1)
+            vals = torch.cat([vc[:, :prefix], v.transpose(0, 1)], dim=1)
+        m = min(n, chunk)  # only the last chunk's keys can still be seen by later tokens
+        idx = torch.arange(start + n - m, start + n, device=k.device) % chunk
+        kc[:, idx] = k[n - m :].transpose(0, 1)
+        vc[:, idx] = v[n - m :].transpose(0, 1)
+        if prefix == 0:
+            return o
+    qpos = torch.arange(start, start + n, device=q.device)[:, None]
+    kpos = torch.arange(k0, start + n, device=q.device)[None, :]
+    mask = kpos <= qpos
+    if chunk is not None:
+        mask &= (kpos // chunk) == (qpos // chunk)
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], keys[None], vals[None], attn_mask=mask, enable_gqa=True
+    )
+    return o[0].transpose(0, 1)
 
 
 class Attention(nn.Module):

@@ -8,6 +8,7 @@ Lower level (what a serving engine drives):
     cache = KVCache(model.config, batch=B, max_len=..., dtype=..., device=...)
     logits = prefill(model, cache, prompts)          # (B, V) at each prompt's last token
     logits = decode_step(model, cache, next_tokens)  # (B, V); every row advances one position
+    logits = extend(model, cache, tokens)            # (B, S, V); S tokens appended per row at its own position
 
 Semantics are per sequence, exactly as if each prompt ran alone: prompts are RIGHT-padded, so every row's
 tokens sit at positions 0..len-1; RoPE positions, the chunk boundaries of chunked layers (aligned to each
@@ -28,6 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from herd.model.attention import append_attention
 from herd.model.config import ModelConfig
 from herd.model.decoder import Llama4
 
@@ -82,13 +84,18 @@ class KVCache:
 
     # --- decode -----------------------------------------------------------------------------------------------
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Write one new token's k/v (B, 1, nKV, D) per row and attend its query (B, 1, nH, D) to the cache."""
-        if q.shape[1] != 1:
-            raise ValueError(
-                f"KVCache.attend decodes one token per row, got {q.shape[1]}: "
-                "prefill a new cache for multi-token input"
-            )
+        """Write the new tokens' k/v (B, S, nKV, D) of every row at its own length and attend their queries
+        (B, S, nH, D) to the cache: S = 1 decodes, S > 1 appends a chunk to a live cache."""
         chunk = self.chunk[layer]
+        if q.shape[1] != 1:  # several tokens per row appended to a live cache (``extend``): row by row
+            return torch.stack(
+                [
+                    append_attention(
+                        q[b], k[b], v[b], self.k[layer][b], self.v[layer][b], self.lengths[b], chunk
+                    )
+                    for b in range(self.batch)
+                ]
+            )
         slots = self.lengths if chunk is None else [n % chunk for n in self.lengths]
         kc, vc = self.k[layer], self.v[layer]
         if self.batch == 1 or len(set(slots)) == 1:
@@ -114,9 +121,9 @@ class KVCache:
         )
         return o.transpose(1, 2)
 
-    def advance(self, rows: Sequence[int] | None = None) -> None:
+    def advance(self, rows: Sequence[int] | None = None, n: int = 1) -> None:
         for b in range(self.batch) if rows is None else rows:
-            self.lengths[b] += 1
+            self.lengths[b] += n
 
 
 def _right_pad(
@@ -175,6 +182,22 @@ def decode_step(model: Llama4, cache: KVCache, tokens: torch.Tensor) -> torch.Te
     out = model(tokens.reshape(-1, 1), positions=cache.positions(), kv=cache)
     cache.advance()
     return out.logits[:, -1]
+
+
+def extend(model: Llama4, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+    """Append S tokens per row (B, S) to a live cache, each row at its own next positions (chunked prefill,
+    multi-turn continuation); returns their logits (B, S, V), equal to the full forward's."""
+    if tokens.dim() != 2 or tokens.shape[0] != cache.batch:
+        raise ValueError(f"tokens must be (batch={cache.batch}, S), got {tuple(tokens.shape)}")
+    S = tokens.shape[1]
+    if max(cache.lengths) + S > cache.max_len:
+        raise ValueError(f"KV cache full: {max(cache.lengths)} + {S} tokens > max_len {cache.max_len}")
+    positions = torch.tensor(cache.lengths, device=cache.device)[:, None] + torch.arange(
+        S, device=cache.device
+    )
+    out = model(tokens.to(cache.device), positions=positions, kv=cache)
+    cache.advance(n=S)
+    return out.logits
 
 
 @dataclass

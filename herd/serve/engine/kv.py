@@ -10,8 +10,9 @@ layer goes through ``attend``), and ``attend`` splits the packed step by the ``S
 
 - rows of one token (decoding sequences, and 1-token prefill chunks) are attended together in one batched
   ``scaled_dot_product_attention`` over the pool's slot rows, masked per row to its own length;
-- rows of several tokens (a prefill chunk appended to a live slot at any position) are attended one by one:
-  cached keys of the slot (the chunk's prefix on chunked layers) plus the new keys, causal and chunk-aligned.
+- rows of several tokens (a prefill chunk appended to a live slot at any position) are attended one by one by
+  ``herd.model.attention.append_attention``: the slot's cached keys (the current chunk's prefix on chunked
+  layers) plus the new keys, causal and chunk-aligned.
 
 Positions, RoPE, NoPE temperature and chunk boundaries are each sequence's own (chunks aligned to its position
 0), so a sequence's logits do not depend on its batch mates.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from herd.model.attention import causal_attention
+from herd.model.attention import append_attention
 from herd.model.config import ModelConfig
 
 
@@ -162,37 +163,6 @@ class SlotKV:
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segment
     ) -> torch.Tensor:
         """``seg.n`` tokens appended to slot ``seg.slot`` at position ``seg.start``: (n, h, D) each."""
-        chunk = self.chunk[layer]
-        kc, vc = self.k[layer][seg.slot], self.v[layer][seg.slot]  # (nKV, width, D) views
-        p, n = seg.start, seg.n
-        if chunk is None:
-            kc[:, p : p + n] = k.transpose(0, 1)
-            vc[:, p : p + n] = v.transpose(0, 1)
-            if p == 0:
-                return causal_attention(q[None], k[None], v[None], None)[0]
-            keys, vals, k0 = kc[:, : p + n], vc[:, : p + n], 0
-        else:
-            # the current chunk's first position; its cached keys sit at slots 0..p-k0-1
-            k0 = (p // chunk) * chunk
-            prefix = p - k0
-            if prefix == 0:
-                o = causal_attention(q[None], k[None], v[None], chunk)[0]  # aligned: blocks start at p
-            else:
-                keys = torch.cat([kc[:, :prefix], k.transpose(0, 1)], dim=1)
-                vals = torch.cat([vc[:, :prefix], v.transpose(0, 1)], dim=1)
-            # keep the last min(n, C) new keys: the ones the next tokens' chunk can still see
-            m = min(n, chunk)
-            idx = torch.arange(p + n - m, p + n, device=k.device) % chunk
-            kc[:, idx] = k[n - m :].transpose(0, 1)
-            vc[:, idx] = v[n - m :].transpose(0, 1)
-            if prefix == 0:
-                return o
-        qpos = torch.arange(p, p + n, device=q.device)[:, None]
-        kpos = torch.arange(k0, p + n, device=q.device)[None, :]
-        mask = kpos <= qpos
-        if chunk is not None:
-            mask &= (kpos // chunk) == (qpos // chunk)
-        o = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], keys[None], vals[None], attn_mask=mask, enable_gqa=True
+        return append_attention(
+            q, k, v, self.k[layer][seg.slot], self.v[layer][seg.slot], seg.start, self.chunk[layer]
         )
-        return o[0].transpose(0, 1)
