@@ -240,9 +240,17 @@ class ArtifactStore:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             try:
                 os.rename(staging, final)
-            except OSError:  # a leftover manifest-less dir from a crash: replace it
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(staging, final)
+            except OSError:  # the target exists: never delete it in place, a reader may be using it
+                if self.has(digest):  # another process committed the same content meanwhile: it is live
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return self.get(digest)
+                if dir_digest(Path(final)) == digest:  # all files there, manifest not yet (or never) written
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:  # a partial leftover of a crash: swap it out atomically, then drop it
+                    trash = Path(self.root_path) / ".staging" / f"trash-{digest[:12]}-{uuid.uuid4().hex[:8]}"
+                    os.rename(final, trash)
+                    os.rename(staging, final)
+                    shutil.rmtree(trash, ignore_errors=True)
         else:
             for p in files:
                 self.fs.put_file(str(p), f"{final}/{p.relative_to(local).as_posix()}")
