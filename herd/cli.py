@@ -129,7 +129,7 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
                        "endpoints, `herd down` stops them and the head")
         try:
             res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
-                                 lease_wait_s=wait_lease)
+                                 lease_wait_s=wait_lease, recipe=rec)
         finally:
             rt.stop()
     except HerdError as e:
@@ -218,7 +218,10 @@ def lineage(ident: Annotated[str, typer.Argument(metavar="ID", help="Artifact di
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, recipe: RecipeOpt = None,
        set_: SetOpt = None) -> None:
-    """Serve the MLflow UI for HERD_HOME on 127.0.0.1 (or print the URL of the `herd up` server)."""
+    """Serve the MLflow UI for HERD_HOME on 127.0.0.1 (or print the links of the `herd up` server).
+
+    Works from any directory: MLflow's own artifacts (plots, model files) are served from HERD_HOME, and a
+    HERD_HOME that was moved is re-pointed at its new place first."""
     from herd.platform.runtime import base_env, read_services
 
     try:
@@ -228,15 +231,44 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, rec
     home = rec.runtime.resolved_home()
     running = read_services(home).get("mlflow")
     if running:
-        out.print(f"MLflow UI (from `herd up`): {running['uri']}")
+        _print_ui_links(running["uri"], running["uri"], rec.runtime.experiment, "MLflow UI (from `herd up`)")
         return
     home.mkdir(parents=True, exist_ok=True)
     base_env(home)
     uri = rec.runtime.tracking_uri or rec.runtime.resolved_tracking_uri()
-    out.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C stops it)")
+    from herd.platform.lineage import relocate_artifacts
+
+    for old in relocate_artifacts(uri, home):
+        err.print(f"HERD_HOME moved: MLflow artifacts re-pointed from {old} to {home / 'mlartifacts'}",
+                  soft_wrap=True, highlight=False)
+    base = f"http://127.0.0.1:{port}"
+    _print_ui_links(uri, base, rec.runtime.experiment, f"MLflow UI for {uri}")
+    out.print("Ctrl-C stops it.")
+    sys.stdout.flush()  # execv replaces this process: what is still buffered would be lost
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no 240 MB job runner beside the UI
     exe = Path(sys.executable).parent / "mlflow"
+    # --artifacts-destination: runs logged through `herd up`'s server hold mlflow-artifacts: URIs, which MLflow
+    # would otherwise resolve against the current directory (no plots unless started inside HERD_HOME).
     os.execv(str(exe), [str(exe), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-                        "--workers", "1"])
+                        "--workers", "1", "--artifacts-destination", str(home / "mlartifacts")])
+
+
+def _print_ui_links(tracking_uri: str, base: str, experiment: str, title: str) -> None:
+    """The runs view of herd's experiment (MLflow opens a bare experiment link on its GenAI overview) and the
+    Model Registry."""
+    from herd.platform import mlflow_views as views
+
+    exp_id = None
+    try:
+        from mlflow import MlflowClient
+
+        exp = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else None
+    except Exception as e:  # noqa: BLE001 -- a link we cannot compute must not stop the UI from starting
+        err.print(f"(could not read experiment {experiment!r} from {tracking_uri}: {e})", highlight=False)
+    out.print(f"{title}: {views.experiment_url(base, exp_id) if exp_id else base}", soft_wrap=True,
+              highlight=False)
+    out.print(f"Model Registry: {views.registry_url(base)}", soft_wrap=True, highlight=False)
 
 
 @app.command()

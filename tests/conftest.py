@@ -10,6 +10,9 @@ Every area uses these instead of starting its own services:
 - ``mlflow_server`` (session): ``mlflow server`` on 127.0.0.1 backed by sqlite, ``--workers 1``, job execution off.
   Yields its tracking URI (``http://127.0.0.1:<port>``).
 - ``herd_home`` (function): a fresh directory exported as ``HERD_HOME``.
+- ``finished_pipeline`` (session): every registered flow run once on the ``test`` recipe in its own HERD_HOME
+  (``FinishedPipeline``: home, recipe, tracking_uri, store, result), for flow and UI tests that need finished
+  artifacts and MLflow records.
 
 Services are stopped by their own process ids at session end.
 """
@@ -211,6 +214,36 @@ def herd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "herd_home"
     monkeypatch.setenv("HERD_HOME", str(home))
     return home
+
+
+@dataclass(frozen=True)
+class FinishedPipeline:
+    """The registered pipeline, run once on the ``test`` recipe in its own HERD_HOME (see ``finished_pipeline``)."""
+
+    home: Path
+    recipe: object  # herd.platform.config.Recipe
+    tracking_uri: str
+    store: str
+    result: object  # herd.platform.runner.RunResult: executed, reused, records (step -> record), flow_runs
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(ray_local: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> FinishedPipeline:
+    """Every registered flow run once, in pipeline order, on the ``test`` recipe (herd/platform/recipes/test.yaml:
+    the tiny pipeline with a smaller corpus, vocabulary and models): a few minutes on 2 cores, shared by every
+    test that needs finished artifacts, MLflow runs, LoggedModels and registered models. Read-only for tests:
+    a test that changes the store or MLflow makes its own HERD_HOME instead. Runs in this process on the
+    session's Ray, with MLflow on sqlite under its HERD_HOME."""
+    from herd.cli import pipeline_steps
+    from herd.platform.config import load_recipe
+    from herd.platform.runner import Runner
+    from herd.platform.runtime import Runtime
+
+    home = tmp_path_factory.mktemp("pipeline") / "herd_home"
+    recipe = load_recipe("test", [f"runtime.home={home}"])
+    runner = Runner(Runtime(recipe.runtime), progress=False)
+    result = runner.run(pipeline_steps(recipe), recipe=recipe)
+    return FinishedPipeline(home, recipe, runner.rt.tracking_uri, runner.store.root, result)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,28 +1,46 @@
-"""Lineage in MLflow: the write side (driver only, ``MlflowClient``) and the read side (walk up / down).
+"""Lineage in MLflow, the write side: ``LineageRecorder`` (driver only, ``MlflowClient``). The read side (walk up /
+down, rendering) is ``herd.platform.lineage_read``, re-exported here.
 
-Write side, ``LineageRecorder``: every flow run is an MLflow run; every step a nested run (tag
-``mlflow.parentRunId``) with params = the flattened config section, its metrics, and tags ``herd.step``,
-``herd.cache_key``, ``herd.inputs`` / ``herd.outputs`` (JSON name -> artifact digest). Data artifacts a step
-consumes are MLflow dataset inputs (digest + source URI); raw sources a step read are dataset inputs with
-context ``source``. Models are MLflow 3 LoggedModels whose source run is the step that made them, linked as
-outputs of that run (``log_outputs``: creating a model does not link it) and as inputs of every consumer
-(``MlflowClient.log_inputs(models=...)``: the fluent ``log_inputs(models=)`` is Databricks-only).
-
-Read side, ``LineageReader``: ``up(id)`` answers what made artifact/model X and from what, down to the raw
-sources; ``down(id)`` what was made from X. Ids: an artifact digest (or a unique prefix of >= 8 chars), a
-LoggedModel id (``m-...``), or the run id of a step with one output. Works the same on sqlite and an
-``mlflow server``. Rendering: ``render_text``, ``to_mermaid``; the trees are plain dicts for ``--format json``.
+Every flow run is an MLflow run with Source (the command), the resolved recipe as ``recipe.yaml`` (secrets
+redacted), the Ray job id and dashboard, and at the end a summary: params (its steps' config sections), headline
+metrics and a description of what ran and what was reused, with links. Every step is a nested run (tag
+``mlflow.parentRunId``) with params = the flattened config section, its metrics, its description, and tags
+``herd.step``, ``herd.cache_key``, ``herd.inputs`` / ``herd.outputs`` (JSON name -> digest, what the reader
+walks) plus one ``herd.output.<name>`` / ``herd.input.<name>`` tag per artifact. Datasets are MLflow dataset
+entries named like the CLI names them (``data.pack.pretrain``) with a profile (rows, tokens, files, bytes) and,
+for parquet, a schema: inputs of their consumers (context ``input``) and of the step that made them (context
+``output``: MLflow has no dataset outputs); raw sources have context ``source``. A tokenizer or a model is never
+listed as a dataset. Models are MLflow 3 LoggedModels named by role (``<recipe>-<role>``, see
+``herd.platform.roles``) whose page carries params, final metrics tied to the datasets they were measured on,
+the parent model and the models made from it, the files (or a pointer into herd's store); they are linked as
+outputs of the step run (``log_outputs``: creating a model does not link it) and as inputs of every consumer
+(``MlflowClient.log_inputs(models=...)``: the fluent ``log_inputs(models=)`` is Databricks-only), and
+registered per role in the Model Registry (``herd.platform.registry``). A reused step whose producing run is
+missing from this MLflow (a new ``--tracking-uri``) is re-recorded here, tagged with where it ran.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
-from herd.platform.errors import LineageError
+from herd.platform import mlflow_views as views
+from herd.platform.lineage_read import (
+    LineageReader,
+    relocate_artifacts,
+    render_text,
+    search_all,
+    steps_in,
+    to_mermaid,
+)
+from herd.platform.registry import register_model
+from herd.platform.roles import model_name
 
+_log = logging.getLogger("herd.lineage")
 DIGEST_LEN = 32  # MLflow dataset digests hold at most 36 characters
 
 
@@ -63,46 +81,89 @@ def experiment_id(client, name: str, artifact_location: str | None) -> str:
 class LineageRecorder:
     """Writes flow runs, step runs, metrics and artifact links to MLflow. Use from the driver only."""
 
-    def __init__(self, tracking_uri: str, experiment: str = "herd", artifact_location: str | None = None):
+    def __init__(self, tracking_uri: str, experiment: str = "herd", artifact_location: str | None = None,
+                 ui: str | None = None):
         self.tracking_uri = tracking_uri
         self.client = _client(tracking_uri)
         self.experiment_id = experiment_id(self.client, experiment, artifact_location)
+        self.ui = views.ui_base(tracking_uri, ui or views.UI_DEFAULT)
 
+    # ---------------------------------------------------------------------------------------------- links
     def run_url(self, run_id: str) -> str:
-        if self.tracking_uri.startswith("http"):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return f"mlflow run {run_id}"
+        """The run's page (for a sqlite store: where `herd ui` shows it)."""
+        return views.run_url(self.ui, self.experiment_id, run_id)
 
-    def start_flow_run(self, flow: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=flow,
-                                     tags={"herd.kind": "flow", "herd.flow": flow, **tags})
-        return run.info.run_id
+    def experiment_url(self) -> str:
+        return views.experiment_url(self.ui, self.experiment_id)
 
-    def start_step_run(self, flow_run_id: str, step: str, config: dict[str, Any], cache_key: str,
-                       inputs: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=step, tags={
-            "mlflow.parentRunId": flow_run_id, "herd.kind": "step", "herd.step": step,
-            "herd.cache_key": cache_key, "herd.inputs": json.dumps(inputs, sort_keys=True)})
+    def model_url(self, model_id: str) -> str:
+        return views.model_url(self.ui, self.experiment_id, model_id)
+
+    # ---------------------------------------------------------------------------------------------- runs
+    def start_flow_run(self, flow: str, tags: dict[str, str], recipe: Any = None,
+                       ray: dict[str, str] | None = None) -> str:
+        """A flow run: Source = the command line, the resolved recipe (secrets redacted) as ``recipe.yaml``,
+        the Ray job id and dashboard when Ray runs. Its summary comes with ``finish_flow_run``."""
+        tags = {k: (views.redact_source(v) if k == "herd.recipe" else v) for k, v in tags.items()}
+        run = self.client.create_run(self.experiment_id, run_name=flow, tags={
+            "herd.kind": "flow", "herd.flow": flow, **_source_tags(), **(ray or {}), **tags})
         run_id = run.info.run_id
-        params = flatten(config)
-        if params:
-            from mlflow.entities import Param
-
-            items = [Param(k[:250], v[:6000]) for k, v in params.items()]
-            for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
-                self.client.log_batch(run_id, params=items[i:i + 100])
+        if recipe is not None:
+            self.client.log_text(run_id, views.recipe_yaml(recipe), "recipe.yaml")
+            self.client.log_batch(run_id, params=_params({"recipe": views.recipe_name(recipe.source)}))
         return run_id
 
+    def start_step_run(self, flow_run_id: str, step: str, config: dict[str, Any], cache_key: str,
+                       inputs: dict[str, str], description: str = "", ray: dict[str, str] | None = None) -> str:
+        tags = {"mlflow.parentRunId": flow_run_id, "herd.kind": "step", "herd.step": step,
+                "herd.cache_key": cache_key, "herd.inputs": json.dumps(inputs, sort_keys=True),
+                **_source_tags(), **(ray or {})}
+        if description:
+            tags["mlflow.note.content"] = description
+        run = self.client.create_run(self.experiment_id, run_name=step, tags=tags)
+        run_id = run.info.run_id
+        items = _params(views.redact(flatten(config)))
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        return run_id
+
+    def finish_flow_run(self, run_id: str, flow: str, source: str, ran: list[tuple[str, str, float]],
+                        reused: list[tuple[str, str]], configs: dict[str, dict[str, Any]]) -> None:
+        """The flow run's summary: params (the union of its steps' config sections), headline metrics of the
+        steps that ran, and a description listing what ran and what was reused, with links."""
+        merged: dict[str, Any] = {}
+        for cfg in configs.values():
+            merged.update(cfg)
+        have = set(self.client.get_run(run_id).data.params)
+        items = [p for p in _params(views.redact(flatten(merged))) if p.key not in have]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        metrics: dict[str, float] = {}
+        for step, step_run, _ in ran:
+            metrics.update(views.headline_metrics(step, self.client.get_run(step_run).data.metrics))
+        metrics |= {"steps_ran": float(len(ran)), "steps_reused": float(len(reused))}
+        self.log_metrics(run_id, metrics, 0, time.time())
+        self.client.set_tag(run_id, "mlflow.note.content",
+                            views.flow_description(flow, source, ran, reused, self.run_url))
+        self.client.set_tag(run_id, "herd.reused", json.dumps(dict(reused), sort_keys=True))
+
+    # -------------------------------------------------------------------------------------------- inputs
     def log_inputs(self, run_id: str, inputs: dict[str, Any], model_ids: dict[str, str]) -> None:
-        """Artifacts consumed by a step: models as LoggedModel inputs, everything else as dataset inputs."""
+        """Artifacts consumed by a step: models as LoggedModel inputs, datasets as dataset inputs (with profile
+        and schema); a tokenizer or another non-dataset artifact is a ``herd.input.<name>`` tag, not a dataset."""
         from mlflow.entities import LoggedModelInput
 
-        datasets, models = [], []
+        datasets, models, tags = [], [], {}
         for name, art in sorted(inputs.items()):
             if art.kind == "model" and art.digest in model_ids:
                 models.append(LoggedModelInput(model_ids[art.digest]))
-            datasets.append(self._dataset(name, art.uri, art.digest, "input"))
-        self.client.log_inputs(run_id, datasets=datasets or None, models=models or None)
+            elif art.kind == "dataset":
+                datasets.append(self._dataset(views.output_name(art, name), art.uri, art.digest, "input", art))
+            if art.kind != "dataset":
+                tags[f"herd.input.{name}"] = f"{views.output_name(art, name)} {art.digest[:12]} {art.uri}"
+        if datasets or models:
+            self.client.log_inputs(run_id, datasets=datasets or None, models=models or None)
+        self.set_tags(run_id, tags)
 
     def log_sources(self, run_id: str, sources: list[dict[str, str]]) -> None:
         if sources:
@@ -111,38 +172,124 @@ class LineageRecorder:
             self.client.set_tag(run_id, "herd.sources", json.dumps(sources, sort_keys=True))
 
     @staticmethod
-    def _dataset(name: str, uri: str, digest: str, context: str):
-        import warnings
-
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
+    def _dataset(name: str, uri: str, digest: str, context: str, art: Any = None):
         from mlflow.entities import DatasetInput, InputTag
 
-        with warnings.catch_warnings():  # "source can be interpreted in multiple ways" for local paths
-            warnings.simplefilter("ignore")
-            ds = MetaDataset(source=resolve_dataset_source(uri), name=name, digest=digest[:DIGEST_LEN])
-        return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context),
-                                                          InputTag("herd.digest", digest)])
+        local = None
+        if art is not None and art.store.local:  # the schema is a parquet footer: read it only where it is local
+            local = Path(art.store.path(art.store.object_key(art.digest)))
+        ds = views.dataset_entity(name, uri, digest, art.manifest if art is not None else None, local)
+        return DatasetInput(ds, tags=[InputTag("mlflow.data.context", context), InputTag("herd.digest", digest)])
 
-    def record_outputs(self, run_id: str, step: str, outputs: dict[str, Any]) -> dict[str, str]:
-        """Tag the run with its outputs; make a LoggedModel (source run = this step) for each model output."""
+    # ------------------------------------------------------------------------------------------- outputs
+    def record_outputs(self, run_id: str, step: str, outputs: dict[str, Any], roles: dict[str, str] | None = None,
+                       recipe_source: str = "", inputs: dict[str, Any] | None = None) -> dict[str, str]:
+        """Make a step's outputs visible from its run and clickable: datasets as dataset entries with context
+        ``output`` (profile, schema), one ``herd.output.<name>`` tag each, and for each model a LoggedModel named
+        by its role (``<recipe>-<role>``) with params, final metrics tied to its datasets, its files (or a pointer
+        into the store), its parent model and, for a role, a Model Registry version."""
         from mlflow.entities import LoggedModelOutput
 
+        roles = roles or {}
+        inputs = inputs or {}
         self.client.set_tag(run_id, "herd.outputs",
                             json.dumps({n: a.digest for n, a in outputs.items()}, sort_keys=True))
+        self.set_tags(run_id, {f"herd.output.{n}": f"{a.digest} {a.uri}" for n, a in outputs.items()})
+        data_out = [self._dataset(f"{step}.{n}", a.uri, a.digest, "output", a)
+                    for n, a in sorted(outputs.items()) if a.kind == "dataset"]
+        if data_out:
+            self.client.log_inputs(run_id, datasets=data_out)  # MLflow has no dataset outputs: context "output"
         model_ids: dict[str, str] = {}
         for name, art in sorted(outputs.items()):
             if art.kind != "model":
                 continue
+            role = roles.get(name)
+            label = model_name(views.recipe_name(recipe_source), role) if role else f"{step}-{name}".replace(".", "-")
             m = self.client.create_logged_model(
-                self.experiment_id, name=f"{step}-{name}".replace(".", "-"), source_run_id=run_id,
+                self.experiment_id, name=label, source_run_id=run_id,
                 tags={"herd.digest": art.digest, "herd.uri": art.uri, "herd.format": art.manifest.format,
-                      "herd.step": step, "herd.output": name})
-            self.client.finalize_logged_model(m.model_id, "READY")
+                      "herd.step": step, "herd.output": name, **({"herd.role": role} if role else {})})
             model_ids[name] = m.model_id
+            try:  # the page and the registry are views: a failure there is logged, never fails the step
+                self._model_page(m.model_id, label, run_id, art, inputs)
+            except Exception as e:  # noqa: BLE001
+                _log.warning("could not fill the MLflow page of model %s (%s): %s", label, m.model_id, e)
+            self.client.finalize_logged_model(m.model_id, "READY")
+            if role:
+                try:
+                    version = register_model(self.client, m.model_id, label, art.digest, run_id,
+                                             description=f"herd's {role} models of recipe "
+                                                         f"{label.rsplit('-', 1)[0]}")
+                    self.client.set_logged_model_tags(m.model_id, {"herd.registered": f"{label} v{version}"})
+                except Exception as e:  # noqa: BLE001
+                    _log.warning("could not register model %s in the MLflow Model Registry: %s", label, e)
         if model_ids:
             self.client.log_outputs(run_id, [LoggedModelOutput(mid, 0) for mid in model_ids.values()])
+        # evaluation results name the model they measured (meta.model_metrics): attach them to its LoggedModel
+        from herd.platform.model_metrics import attach_output_metrics
+
+        attach_output_metrics(self.client, self.experiment_id, run_id, outputs)
         return model_ids
+
+    def _model_page(self, model_id: str, label: str, run_id: str, art: Any, inputs: dict[str, Any]) -> None:
+        """Params, metrics (tied to the datasets they were measured on), parent / children, files."""
+        from mlflow.entities import Metric
+
+        run = self.client.get_run(run_id)
+        params = {k: v for k, v in run.data.params.items()}
+        params |= {"herd.step": run.data.tags.get("herd.step", ""), "herd.digest": art.digest}
+        datasets = {n: a for n, a in inputs.items() if a.kind == "dataset"}
+        held = next((a for n, a in sorted(datasets.items()) if "val" in n), None)
+        train = next((a for n, a in sorted(datasets.items()) if "val" not in n), None)
+        parents = []
+        for mi in run.inputs.model_inputs:
+            pm = self.client.get_logged_model(mi.model_id)
+            if pm.source_run_id != run_id:  # a metric logged with model_id makes a self-link (notes §5)
+                parents.append(pm)
+        if parents:
+            params["parent_model"] = ", ".join(f"{p.name} ({p.model_id})" for p in parents)
+        self.client.log_model_params(model_id, {k[:250]: str(v)[:6000] for k, v in params.items()})
+        stamp = int(time.time() * 1000)
+        metrics = []
+        for k, v in sorted(run.data.metrics.items()):
+            if k.startswith(("moe/", "moe.")) or k in ("step", "tokens"):
+                continue
+            ds = held if k.startswith("eval/") else train
+            metrics.append(Metric(k, v, stamp, 0, model_id=model_id,
+                                  dataset_name=views.output_name(ds, "data") if ds is not None else None,
+                                  dataset_digest=ds.digest[:DIGEST_LEN] if ds is not None else None))
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 500])
+        note = [(f"**{label}**: made by step `{run.data.tags.get('herd.step')}` "
+                 f"([run]({self.run_url(run_id)}))."), "",
+                f"Files in herd's store: `{art.uri}` (digest `{art.digest}`)."]
+        if parents:
+            note.append("Parent: " + ", ".join(f"[{p.name}]({self.model_url(p.model_id)})" for p in parents))
+            self.client.set_logged_model_tags(model_id, {"herd.parent": ",".join(p.model_id for p in parents)})
+        for p in parents:  # the parent's page lists what was made from it
+            self.client.set_logged_model_tags(p.model_id, {f"herd.child.{label}": model_id})
+            self._append_note(p, f"Made from it: [{label}]({self.model_url(model_id)})")
+        self.client.set_logged_model_tags(model_id, {"mlflow.note.content": "\n\n".join(note)})
+        self._log_model_files(model_id, art)
+
+    def _append_note(self, model, line: str) -> None:
+        old = self.client.get_logged_model(model.model_id).tags.get("mlflow.note.content", "")
+        if line not in old:
+            self.client.set_logged_model_tags(model.model_id, {"mlflow.note.content": f"{old}\n\n{line}".strip()})
+
+    def _log_model_files(self, model_id: str, art: Any) -> None:
+        """The model's files on its page when they are small (the tiny recipes); else only a pointer file."""
+        import tempfile
+
+        pointer = (f"# herd model {art.digest}\n\nThe files of this model live in herd's artifact store:\n\n"
+                   f"    {art.uri}\n\nformat: {art.manifest.format}, {art.manifest.files} files, "
+                   f"{art.manifest.bytes} bytes. Serve it with `herd serve`, or trace it with `herd lineage "
+                   f"{art.digest[:12]}`.\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "HERD_STORE.md").write_text(pointer)
+            self.client.log_model_artifacts(model_id, tmp)
+        if art.manifest.bytes <= MODEL_FILES_MAX_BYTES:
+            self.client.log_model_artifacts(model_id, str(art.local_path()))
 
     def model_id_for(self, digest: str) -> str | None:
         """The LoggedModel that records artifact ``digest`` in this experiment, if any."""
@@ -150,6 +297,36 @@ class LineageRecorder:
                                                  filter_string=f"tags.`herd.digest` = '{digest}'")
         return found[0].model_id if found else None
 
+    # -------------------------------------------------------------------------------------------- reuse
+    def producer_run(self, outputs: dict[str, str]) -> str | None:
+        """A finished run in this experiment that recorded exactly these outputs (None: lineage has a gap)."""
+        if not outputs:
+            return None
+        digest = next(iter(sorted(outputs.values())))
+        for r in search_all(self.client, [self.experiment_id], f"tags.`herd.outputs` LIKE '%{digest}%'"):
+            if r.info.status == "FINISHED" and json.loads(r.data.tags["herd.outputs"]) == outputs:
+                return r.info.run_id
+        return None
+
+    def record_reused(self, flow_run_id: str, step: str, config: dict[str, Any], cache_key: str,
+                      inputs: dict[str, Any], outputs: dict[str, Any], roles: dict[str, str], recipe_source: str,
+                      origin: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Re-record a cached step in this MLflow (its producing run lives in another one, or is gone): a
+        FINISHED step run tagged with where it really ran, with its inputs and outputs, so lineage walks
+        through it instead of stopping."""
+        run_id = self.start_step_run(flow_run_id, step, config, cache_key, {n: a.digest for n, a in inputs.items()},
+                                     description=f"Reused from the cache: `{step}` ran in run "
+                                                 f"{origin.get('run_id')} of {origin.get('tracking_uri')}.")
+        self.set_tags(run_id, {"herd.reused_from_run": origin.get("run_id") or "",
+                               "herd.reused_from_tracking_uri": origin.get("tracking_uri") or ""})
+        model_ids = {a.digest: mid for a in inputs.values() if a.kind == "model"
+                     for mid in [self.model_id_for(a.digest)] if mid}
+        self.log_inputs(run_id, inputs, model_ids)
+        made = self.record_outputs(run_id, step, outputs, roles, recipe_source, inputs)
+        self.end_run(run_id, "FINISHED")
+        return run_id, made
+
+    # ------------------------------------------------------------------------------------------- metrics
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None, ts: float) -> None:
         from mlflow.entities import Metric
 
@@ -157,9 +334,7 @@ class LineageRecorder:
         self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, step or 0) for k, v in metrics.items()])
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        self.client.log_batch(run_id, params=_params(views.redact(params)))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
@@ -169,192 +344,28 @@ class LineageRecorder:
         self.client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
 
-# ------------------------------------------------------------------------------------------- read side
-class LineageReader:
-    """Answers lineage questions from MLflow alone (sqlite or server)."""
-
-    def __init__(self, tracking_uri: str, experiment: str = "herd"):
-        self.client = _client(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise LineageError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run a flow first")
-        self.experiment_id = exp.experiment_id
-
-    def _runs(self, filter_string: str) -> list:
-        return list(self.client.search_runs([self.experiment_id], filter_string, max_results=1000))
-
-    def _producer(self, digest: str):
-        runs = [r for r in self._runs(f"tags.`herd.outputs` LIKE '%{digest}%'")
-                if r.info.status == "FINISHED" and digest in json.loads(r.data.tags["herd.outputs"]).values()]
-        return min(runs, key=lambda r: r.info.start_time) if runs else None
-
-    def resolve(self, ident: str) -> str:
-        """An artifact digest for ``ident`` (a digest or prefix, a LoggedModel id, or a step run id)."""
-        ident = ident.strip()
-        if ident.startswith("m-"):
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return self.client.get_logged_model(ident).tags["herd.digest"]
-            except (MlflowException, KeyError):
-                raise LineageError(f"{ident} is not a herd model in this MLflow") from None
-        if len(ident) == 32 and all(c in "0123456789abcdef" for c in ident):  # a step run id
-            from mlflow.exceptions import MlflowException
-
-            try:
-                outs = json.loads(self.client.get_run(ident).data.tags.get("herd.outputs", "{}"))
-            except MlflowException:
-                outs = {}
-            if len(outs) == 1:
-                return next(iter(outs.values()))
-            if outs:
-                raise LineageError(f"run {ident} made {len(outs)} artifacts; pick one: "
-                                   + ", ".join(f"{n}={d[:12]}" for n, d in sorted(outs.items())))
-        runs = self._runs(f"tags.`herd.outputs` LIKE '%{ident}%'") if len(ident) >= 8 else []
-        hits = {d for r in runs for d in json.loads(r.data.tags["herd.outputs"]).values() if d.startswith(ident)}
-        if len(hits) == 1:
-            return hits.pop()
-        if len(hits) > 1:
-            raise LineageError(f"id {ident!r} matches {len(hits)} artifacts; give more characters")
-        raise LineageError(f"{ident!r} names no artifact, model or step output known to MLflow experiment "
-                           f"{self.experiment_id}; ids are artifact digests (>= 8 chars), m-... model ids")
-
-    def _artifact_node(self, digest: str, producer=None) -> dict[str, Any]:
-        node: dict[str, Any] = {"type": "artifact", "digest": digest}
-        producer = producer or self._producer(digest)
-        if producer is not None:
-            outs = json.loads(producer.data.tags["herd.outputs"])
-            node["name"] = f"{producer.data.tags.get('herd.step')}.{next(n for n, d in outs.items() if d == digest)}"
-            models = self.client.search_logged_models(experiment_ids=[self.experiment_id],
-                                                      filter_string=f"tags.`herd.digest` = '{digest}'")
-            if models:
-                node["model_id"] = models[0].model_id
-                node["uri"] = models[0].tags.get("herd.uri")
-        return node
-
-    def up(self, ident: str) -> dict[str, Any]:
-        """What made X, from what, down to the raw sources."""
-        return self._up(self.resolve(ident), set())
-
-    def _up(self, digest: str, seen: set[str]) -> dict[str, Any]:
-        producer = self._producer(digest)
-        node = self._artifact_node(digest, producer)
-        if producer is None or digest in seen:
-            return node
-        seen.add(digest)
-        run = self.client.get_run(producer.info.run_id)  # get_run fills inputs; search_runs does not
-        inputs = json.loads(run.data.tags.get("herd.inputs", "{}"))
-        node["made_by"] = {
-            "type": "run", "run_id": run.info.run_id, "step": run.data.tags.get("herd.step"),
-            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
-            "sources": json.loads(run.data.tags.get("herd.sources", "[]")),
-            "model_inputs": sorted(mi.model_id for mi in run.inputs.model_inputs),
-            "inputs": {name: self._up(d, seen) for name, d in sorted(inputs.items())},
-        }
-        return node
-
-    def down(self, ident: str) -> dict[str, Any]:
-        """What was made from X (transitively)."""
-        return self._down(self.resolve(ident), set())
-
-    def _down(self, digest: str, seen: set[str]) -> dict[str, Any]:
-        node = self._artifact_node(digest)
-        if digest in seen:
-            return node
-        seen.add(digest)
-        consumers = [r for r in self._runs(f"tags.`herd.inputs` LIKE '%{digest}%'")
-                     if r.info.status == "FINISHED" and digest in json.loads(r.data.tags["herd.inputs"]).values()]
-        node["used_by"] = []
-        for r in sorted(consumers, key=lambda r: r.info.start_time):
-            outs = json.loads(r.data.tags.get("herd.outputs", "{}"))
-            node["used_by"].append({"type": "run", "run_id": r.info.run_id, "step": r.data.tags.get("herd.step"),
-                                    "outputs": {n: self._down(d, seen) for n, d in sorted(outs.items())}})
-        return node
+MODEL_FILES_MAX_BYTES = 256 * 1024**2  # bigger models keep only a pointer on their MLflow page
 
 
-# ---------------------------------------------------------------------------------------------- render
-def _label(node: dict[str, Any]) -> str:
-    extra = f" {node['model_id']}" if node.get("model_id") else ""
-    return f"{node.get('name', 'artifact')} [{node['digest'][:12]}]{extra}"
+def _params(params: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
 
 
-def render_text(tree: dict[str, Any], direction: str = "up") -> str:
-    """An indented text tree (what ``herd lineage`` prints)."""
-    lines: list[str] = []
+def _source_tags() -> dict[str, str]:
+    """Source on every run: the command that made it (``herd run --recipe test``), as MLflow shows it."""
+    import getpass
+    import sys
 
-    def art(node: dict[str, Any], depth: int) -> None:
-        lines.append("  " * depth + _label(node))
-        if direction == "up" and "made_by" in node:
-            run = node["made_by"]
-            lines.append("  " * (depth + 1) + f"<- made by step {run['step']} (run {run['run_id']})")
-            for s in run["sources"]:
-                lines.append("  " * (depth + 2) + f"<- source {s['uri']} [{s['digest'][:12]}]")
-            for child in run["inputs"].values():
-                art(child, depth + 2)
-        for run in node.get("used_by", []):
-            lines.append("  " * (depth + 1) + f"-> used by step {run['step']} (run {run['run_id']})")
-            for child in run["outputs"].values():
-                art(child, depth + 2)
-
-    art(tree, 0)
-    return "\n".join(lines)
+    argv = [os.path.basename(sys.argv[0]) if sys.argv else "herd", *sys.argv[1:]]
+    cmd = views.redact_source(" ".join(argv))
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = "herd"
+    return {"mlflow.source.name": cmd[:500], "mlflow.source.type": "LOCAL", "mlflow.user": user}
 
 
-def to_mermaid(tree: dict[str, Any], direction: str = "up") -> str:
-    """A mermaid flowchart (``graph LR``): artifacts as boxes, steps as rounded nodes, sources as cylinders."""
-    lines = ["graph LR"]
-    seen: set[str] = set()
-
-    def nid(prefix: str, key: str) -> str:
-        return f"{prefix}_{key[:12].replace('-', '_')}"
-
-    def add(line: str) -> None:
-        if line not in seen:
-            seen.add(line)
-            lines.append("  " + line)
-
-    def art(node: dict[str, Any]) -> str:
-        a = nid("a", node["digest"])
-        add(f'{a}["{_label(node)}"]')
-        run = node.get("made_by")
-        if run:
-            r = nid("r", run["run_id"])
-            add(f'{r}("{run["step"]}")')
-            add(f"{r} --> {a}")
-            for s in run["sources"]:
-                src = nid("s", s["digest"])
-                add(f'{src}[("{s["uri"]}")]')
-                add(f"{src} --> {r}")
-            for child in run["inputs"].values():
-                add(f"{art(child)} --> {r}")
-        for run in node.get("used_by", []):
-            r = nid("r", run["run_id"])
-            add(f'{r}("{run["step"]}")')
-            add(f"{a} --> {r}")
-            for child in run["outputs"].values():
-                add(f"{r} --> {art(child)}")
-        return a
-
-    art(tree)
-    return "\n".join(lines)
-
-
-def steps_in(tree: dict[str, Any]) -> list[str]:
-    """Every step name in a lineage tree (both directions), for tests and summaries."""
-    out: list[str] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        if "made_by" in node:
-            out.append(node["made_by"]["step"])
-            for c in node["made_by"]["inputs"].values():
-                walk(c)
-        for run in node.get("used_by", []):
-            out.append(run["step"])
-            for c in run["outputs"].values():
-                walk(c)
-
-    walk(tree)
-    return out
-
-
-__all__ = ["LineageReader", "LineageRecorder", "flatten", "render_text", "steps_in", "to_mermaid"]
+__all__ = ["LineageReader", "LineageRecorder", "flatten", "relocate_artifacts", "render_text", "steps_in",
+           "to_mermaid"]

@@ -164,6 +164,8 @@ def resolve_model(ref: str, store: ArtifactStore, *, tracking_uri: str | None = 
         raise ModelRefError("empty model reference; pass an artifact digest, an m-... model id or a checkpoint dir")
     model_id: str | None = None
     tags: dict[str, str] = {}
+    if ref.startswith("models:/"):
+        import herd.platform.registry  # noqa: F401 -- registers the models:/NAME@ALIAS resolver
     scheme = next((p for p in REGISTRY_RESOLVERS if ref.startswith(p)), None)
     if scheme is not None:
         digest = REGISTRY_RESOLVERS[scheme](ref, store, tracking_uri)

@@ -123,6 +123,7 @@ class RunResult:
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # step -> output -> digest
     flow_runs: dict[str, str] = field(default_factory=dict)  # flow -> MLflow run id
     records: dict[str, cache.StepRecord] = field(default_factory=dict)
+    relinked: dict[str, str] = field(default_factory=dict)  # reused step -> run re-recorded in this MLflow
     duration_s: float = 0.0
 
 
@@ -226,10 +227,13 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self, steps: Iterable[Step], targets: Iterable[str] | None = None, recipe_source: str = "",
-            force: Iterable[str] = (), lease_wait_s: float = 0.0) -> RunResult:
+            force: Iterable[str] = (), lease_wait_s: float = 0.0, recipe: Any = None) -> RunResult:
         """Run what is not cached. ``force``: step names to re-run from scratch (fresh Ray Train run) even when
         cached; their dependents re-run only if the forced outputs' digests change. ``lease_wait_s``: how long to
-        wait for a step another herd process is running on this store before refusing (``LeaseHeld``)."""
+        wait for a step another herd process is running on this store before refusing (``LeaseHeld``).
+        ``recipe``: the resolved Recipe, kept (secrets redacted) as each flow run's ``recipe.yaml``."""
+        self.recipe = recipe
+        recipe_source = recipe_source or getattr(recipe, "source", "")
         ordered = order_steps(steps, targets)
         forced = _check_force(ordered, force)
         t0 = time.monotonic()
@@ -260,6 +264,7 @@ class Runner:
                                 result.reused.append(step.name)
                                 result.records[step.name] = done
                                 progress.update(step.name, "reused", where=f"run {done.run_id}")
+                                self._link_reused(step, done, recipe_source, result)
                                 continue
                             self._ensure_ray(progress)
                             fut = pool.submit(self._execute, step, rec, sink, recipe_source, result, progress,
@@ -303,6 +308,7 @@ class Runner:
             pool.shutdown(wait=not aborted, cancel_futures=aborted)
             sink.close()
             for flow, run_id in result.flow_runs.items():
+                self._finish_flow(flow, run_id, ordered, recipe_source, result)
                 self.lineage.end_run(run_id, "FAILED" if any(getattr(f, "step", "").startswith(flow + ".")
                                                              for f in failures) else "FINISHED")
         result.outputs = known
@@ -319,8 +325,57 @@ class Runner:
     def _flow_run(self, flow: str, recipe_source: str, result: RunResult) -> str:
         with self._lock:
             if flow not in result.flow_runs:
-                result.flow_runs[flow] = self.lineage.start_flow_run(flow, {"herd.recipe": recipe_source})
+                result.flow_runs[flow] = self.lineage.start_flow_run(
+                    flow, {"herd.recipe": recipe_source}, recipe=getattr(self, "recipe", None),
+                    ray=self._ray_tags())
             return result.flow_runs[flow]
+
+    def _ray_tags(self) -> dict[str, str]:
+        """The Ray job this driver is and its dashboard, for MLflow runs (empty before Ray starts)."""
+        if self.rt.ray is None:
+            return {}
+        import ray
+
+        tags = {"herd.ray.dashboard": self.rt.ray.dashboard_url, "herd.ray.address": self.rt.ray.address}
+        try:
+            tags["herd.ray.job_id"] = ray.get_runtime_context().get_job_id()
+        except (RuntimeError, AttributeError):  # Ray not initialized in this process
+            pass
+        if tags.get("herd.ray.dashboard") and tags.get("herd.ray.job_id"):
+            tags["herd.ray.job_url"] = f"{tags['herd.ray.dashboard'].rstrip('/')}/#/jobs/{tags['herd.ray.job_id']}"
+        return {k: v for k, v in tags.items() if v}
+
+    def _link_reused(self, step: Step, done: cache.StepRecord, recipe_source: str, result: RunResult) -> None:
+        """A reused step stays part of the lineage: if this MLflow has no run that made its outputs (a new
+        ``--tracking-uri``, a wiped database), re-record it here, tagged with where it really ran."""
+        try:
+            with self._lock:
+                if self.lineage.producer_run(done.outputs) is not None:
+                    return
+                flow_run = self._flow_run(step.flow, recipe_source, result)
+                inputs = {local: self.store.get(done.inputs[local]) for local in step.inputs}
+                outputs = {n: self.store.get(d) for n, d in done.outputs.items()}
+                run_id, _ = self.lineage.record_reused(
+                    flow_run, step.name, done.config, done.key, inputs, outputs, step.roles, recipe_source,
+                    {"run_id": done.run_id or "", "tracking_uri": done.tracking_uri or ""})
+                result.relinked[step.name] = run_id
+        except Exception as e:  # noqa: BLE001 -- lineage is a record, not the work: never stops the run
+            _log.warning("could not link reused step %s into MLflow lineage: %s", step.name, e)
+
+    def _finish_flow(self, flow: str, run_id: str, ordered: list[Step], recipe_source: str,
+                     result: RunResult) -> None:
+        """The flow run's summary (params, headline metrics, what ran and what was reused)."""
+        names = [s.name for s in ordered if s.flow == flow]
+        ran = [(n, result.records[n].run_id or "", result.records[n].duration_s or 0.0)
+               for n in names if n in result.executed and n in result.records]
+        reused = [(n, result.relinked.get(n) or result.records[n].run_id or "")
+                  for n in names if n in result.reused and n in result.records]
+        configs = {n: result.records[n].config for n in names if n in result.records}
+        try:
+            with self._lock:
+                self.lineage.finish_flow_run(run_id, flow, recipe_source, ran, reused, configs)
+        except Exception as e:  # noqa: BLE001 -- the summary is a record, never a reason to fail the run
+            _log.warning("could not write the summary of flow run %s: %s", run_id, e)
 
     def _execute(self, step: Step, rec: cache.StepRecord, sink: _MetricSink, recipe_source: str,
                  result: RunResult, progress: Progress, forced: bool, lease_wait_s: float
@@ -350,7 +405,8 @@ class Runner:
         inputs = {local: self.store.get(rec.inputs[local]) for local in step.inputs}
         with self._lock:  # MLflow sqlite: keep this driver's writes sequential
             flow_run = self._flow_run(step.flow, recipe_source, result)
-            run_id = self.lineage.start_step_run(flow_run, step.name, rec.config, rec.key, rec.inputs)
+            run_id = self.lineage.start_step_run(flow_run, step.name, rec.config, rec.key, rec.inputs,
+                                                 description=step.description, ray=self._ray_tags())
             model_ids = {a.digest: mid for a in inputs.values() if a.kind == "model"
                          for mid in [self.lineage.model_id_for(a.digest)] if mid}
             self.lineage.log_inputs(run_id, inputs, model_ids)
@@ -383,7 +439,7 @@ class Runner:
         with self._lock:
             self.lineage.log_sources(run_id, out["sources"])
             self._log_artifacts(run_id, out.get("artifacts", []))
-            model_ids = self.lineage.record_outputs(run_id, step.name, outputs)
+            model_ids = self.lineage.record_outputs(run_id, step.name, outputs, step.roles, recipe_source, inputs)
             self.lineage.end_run(run_id, "FINISHED")
         rec.outputs = {n: a.digest for n, a in outputs.items()}
         rec.models = model_ids

@@ -73,3 +73,18 @@ class ExpertLoad:
 
     def reset(self) -> None:
         self.counts, self.entropy, self.n = {}, {}, 0
+
+
+# MLflow's run page draws one chart per metric, grouped into sections by the key's first "/" part; sections are
+# sorted by name and the ungrouped "Model metrics" section comes last. With the MoE keys as `moe/layer1/...`
+# the loss, CE and lr charts came after twelve expert-load charts. Shown in MLflow, the MoE keys are dotted
+# (`moe.layer1.load_e0`): they sort after ce, loss and lr in "Model metrics", and the held-out loss (`eval/`)
+# comes first. `step` and `tokens` are the x axes, not charts (straight lines).
+NOT_CHARTS = ("step", "tokens")
+
+
+def for_mlflow(metrics: dict[str, float]) -> dict[str, float]:
+    """The training metrics as MLflow shows them: x axes dropped, MoE keys dotted, main charts first."""
+    out = {k.replace("/", ".") if k.startswith("moe/") else k: v for k, v in metrics.items() if k not in NOT_CHARTS}
+    first = [k for k in ("eval/loss", "loss", "ce", "lr") if k in out]
+    return {**{k: out[k] for k in first}, **{k: v for k, v in sorted(out.items()) if k not in first}}

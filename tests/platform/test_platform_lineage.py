@@ -58,9 +58,10 @@ def test_walk_up_and_down_returns_exactly_what_ran(ray_local, herd_home, tmp_pat
     assert lm.source_run_id == train_run
     assert [o.model_id for o in client.get_run(train_run).outputs.model_outputs] == [model_id]
     ds = client.get_run(train_run).inputs.dataset_inputs
-    assert [(d.dataset.name, d.dataset.digest) for d in ds] == [("numbers", numbers[:32])]
-    src_inputs = client.get_run(make_run).inputs.dataset_inputs
-    assert [d.dataset.name for d in src_inputs] == ["raw-numbers"]
+    assert [(d.dataset.name, d.dataset.digest) for d in ds] == [("demo.make.numbers", numbers[:32])]
+    src_inputs = client.get_run(make_run).inputs.dataset_inputs  # its raw source, and its output (context)
+    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in src_inputs}
+    assert contexts == {"raw-numbers": "source", "demo.make.numbers": "output"}
 
     text = render_text(up)
     assert "made by step demo.train" in text and f"source {src}" in text

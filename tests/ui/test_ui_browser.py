@@ -1,0 +1,158 @@
+"""`herd ui` in a real browser: headless Chromium from Debian's packages (/usr/bin/chromium), driven by Playwright's
+Python package (no browser download), on the finished test-sized pipeline (tests/conftest.py `finished_pipeline`).
+
+Checks what a user looks for: the link `herd ui` prints opens the runs (not MLflow's GenAI overview); the
+student's model page shows metrics, params, a dataset and its parent; the Model Registry lists the role models;
+a training run's plot renders although `herd ui` was started outside HERD_HOME. Screenshots are kept under the
+directory the test prints ($HERD_TEST_ARTIFACTS/ui-screenshots when set). `.ci/run` installs chromium.
+
+    .venv/bin/python -m pytest tests/ui -x -q -s
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = os.environ.get("HERD_TEST_ARTIFACTS")
+    d = Path(root) / "ui-screenshots" if root else tmp_path_factory.mktemp("ui-screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {d}")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ui(finished_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`herd ui` started in a directory that is not HERD_HOME; yields the links it printed."""
+    port = _free_port()
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    herd = str(Path(sys.executable).parent / "herd")
+    env = dict(os.environ, HERD_HOME=str(finished_pipeline.home))
+    log = elsewhere / "ui.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([herd, "ui", "--port", str(port), "--recipe", "test"], cwd=elsewhere, stdout=f,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"herd ui did not come up: {log.read_text()}") from None
+                time.sleep(0.5)
+        text = log.read_text()
+        runs = re.search(r"MLflow UI for \S+: (\S+)", text)
+        registry = re.search(r"Model Registry: (\S+)", text)
+        assert runs and registry, text
+        assert not (elsewhere / "mlartifacts").exists()
+        yield {"runs": runs.group(1), "registry": registry.group(1), "base": f"http://127.0.0.1:{port}"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does it)")
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="herd-chromium-") as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS, headless=True,
+                                                   viewport={"width": 1440, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(60_000)
+        yield pg
+        ctx.close()
+
+
+def _text(page) -> str:
+    return page.inner_text("body")
+
+
+def _wait_text(page, *needles: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = _text(page)
+        if all(n in body for n in needles) or time.monotonic() > deadline:
+            return body
+        page.wait_for_timeout(500)
+
+
+def test_printed_link_shows_the_runs(ui, page, shots, finished_pipeline):
+    assert "workflowType=machine_learning" in ui["runs"]
+    page.goto(ui["runs"])
+    body = _wait_text(page, "data", "pretrain", "distill", "matching runs")
+    page.screenshot(path=str(shots / "01-runs.png"), full_page=True)
+    assert "Token Usage" not in body and "matching runs" in body  # the runs table, not the GenAI overview
+    for flow in finished_pipeline.result.flow_runs:
+        assert flow in body
+
+
+def test_student_model_page_shows_metrics_params_dataset_and_parent(ui, page, shots, finished_pipeline):
+    recs = finished_pipeline.result.records
+    student, teacher = recs["distill.train"].models["model"], recs["pretrain.train"].models["model"]
+    exp = re.search(r"#/experiments/(\d+)/", ui["runs"]).group(1)
+    page.goto(f"{ui['base']}/#/experiments/{exp}/models/{student}")
+    body = _wait_text(page, "test-student", "eval/loss", "data.pack.pretrain", "test-teacher")
+    page.screenshot(path=str(shots / "02-student-model.png"), full_page=True)
+    assert "test-student" in body
+    assert "No metrics recorded" not in body and "eval/loss" in body
+    assert "No parameters recorded" not in body and "active_params" in body
+    assert "data.pack.pretrain" in body  # Datasets used
+    assert "test-teacher" in body  # its parent, named by role
+    page.get_by_text("test-teacher").first.click()  # the parent link leads to the teacher's page
+    body = _wait_text(page, teacher)
+    assert teacher in page.url or teacher in body
+    page.screenshot(path=str(shots / "03-teacher-model.png"), full_page=True)
+
+
+def test_registry_lists_the_role_models(ui, page, shots):
+    page.goto(ui["registry"])
+    body = _wait_text(page, "test-teacher", "test-student")
+    page.screenshot(path=str(shots / "04-registry.png"), full_page=True)
+    assert "test-teacher" in body and "test-student" in body
+
+
+def test_plots_render_outside_herd_home(ui, page, shots, finished_pipeline):
+    run = finished_pipeline.result.records["pretrain.train"].run_id
+    exp = re.search(r"#/experiments/(\d+)/", ui["runs"]).group(1)
+    page.goto(f"{ui['base']}/#/experiments/{exp}/runs/{run}/artifacts/plots/loss_curve.png")
+    page.wait_for_selector("img[src*='loss_curve'], img[src^='blob:']", timeout=60_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(shots / "05-plot.png"), full_page=True)
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    assert max(widths) > 300, widths  # the PNG loaded (a broken image has naturalWidth 0)
