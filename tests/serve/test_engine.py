@@ -343,3 +343,21 @@ def test_bf16_checkpoint_runs_in_bf16(ckpt) -> None:
     assert (
         outs[0].token_ids[:4] == alone.token_ids[:4]
     )  # bf16: batch mates may flip late near-ties, not early ones
+
+
+def test_overload_is_refused_and_train_mode_is_kept(model: Llama4) -> None:
+    from herd.serve.engine import EngineOverloadedError
+
+    eng = Engine(model, None, EngineConfig(max_num_seqs=1, max_model_len=64, max_waiting=1))
+    with pytest.raises(EngineOverloadedError, match="max_waiting"):
+        eng.generate_batch(_prompts([4, 4, 4]), GREEDY)
+    assert eng.stats()["running"] == 0 and eng.stats()["waiting"] == 0
+    prompt = _prompts([6])[0]
+    want = eng.generate_batch([prompt], GREEDY)[0].token_ids
+    model.train()  # an RL trainer sharing the model: the engine runs it in eval mode and gives it back as it was
+    try:
+        assert eng.generate_batch([prompt], GREEDY)[0].token_ids == want
+        assert model.training
+    finally:
+        model.eval()
+    assert eng.error is None

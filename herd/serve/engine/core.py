@@ -197,6 +197,11 @@ class EngineCore:
         self.kv.plan = plan
         sel_t = torch.tensor(select, device=self.device, dtype=torch.long)
         self._select, self._select_thread = sel_t, threading.get_ident()
+        # eval mode for the forward only: an RL trainer may share this model and keep it in train mode
+        # (train-mode MoE layers would count this step's routing into the balancing statistics)
+        training = self.model.training
+        if training:
+            self.model.eval()
         try:
             logits = self.model(
                 torch.tensor([ids], device=self.device),
@@ -205,6 +210,8 @@ class EngineCore:
             ).logits[0]
         finally:
             self._select, self.kv.plan = None, None
+            if training:
+                self.model.train()
         if logits.shape[0] != len(select):  # lm_head was replaced after the hook was set: narrow here
             logits = logits[sel_t]
         logits = logits.float()

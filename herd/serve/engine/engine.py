@@ -40,7 +40,7 @@ class Engine:
         self.config = config or EngineConfig()
         if self.config.num_threads is not None:
             torch.set_num_threads(self.config.num_threads)
-        self.model = model.eval()
+        self.model = model  # used as it is: weights updated in place (RL) are seen from the next step on
         self.tokenizer = tokenizer
         self.core = EngineCore(self.model, tokenizer, self.config)
         self._step_lock = threading.Lock()  # one step at a time, whoever drives
@@ -92,6 +92,11 @@ class Engine:
         self.core.check(list(prompt_token_ids), params)
         if params.stop and self.tokenizer is None:
             raise EngineRequestError("stop strings need a tokenizer: build the Engine with one", "stop")
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the step loop stopped (a failed forward), or None while it is healthy: a health check reads this."""
+        return self._dead
 
     def stats(self) -> dict[str, int]:
         sch = self.core.scheduler
