@@ -44,6 +44,7 @@ from herd.platform.store import ArtifactStore
 FORWARD_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 TOKEN_COMMAND = "herd token"
+DEFAULT_DASHBOARD_PORT = 8265  # Ray's default; RuntimeConfig.dashboard_port's default
 
 
 def write_private(path: Path, text: str) -> bool:
@@ -271,10 +272,13 @@ class Runtime:
             kw["object_store_memory"] = self.cfg.object_store_mb * 1024**2
         # address="local": always a new Ray for this command. Without it ray.init() follows Ray's
         # ray_current_cluster file to whatever `ray start` ran last, alive or not (it hangs on a dead one).
-        # A second herd command (or any other local Ray) may hold the dashboard port: take a free one instead
-        # of failing; the progress display and `RayInfo.dashboard_url` say which.
-        info = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                        dashboard_port=free_port(self.cfg.dashboard_port), log_to_driver=True, **kw)
+        # A second herd command (or any other local Ray) may hold the dashboard port. For the default port Ray's
+        # dashboard itself tries 8265, 8266, ... (dashboard_port=None: no probe-then-bind race with the other
+        # Rays on the machine); another port is probed here. The progress display and `RayInfo.dashboard_url`
+        # say which port it got.
+        port = None if self.cfg.dashboard_port == DEFAULT_DASHBOARD_PORT else free_port(self.cfg.dashboard_port)
+        info = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                        log_to_driver=True, **kw)
         return info, True
 
     def _stop_log(self) -> None:
