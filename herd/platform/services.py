@@ -107,7 +107,8 @@ def free_port(preferred: int, host: str = "127.0.0.1") -> int:
     """
     for port in (preferred, 0):
         with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if port:  # not for port 0: there it would also accept a port an outgoing connection is using
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
                 return s.getsockname()[1]
