@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-_STYLE = {"pending": "dim", "running": "yellow", "waiting": "magenta", "done": "green", "reused": "cyan",
-          "failed": "bold red", "refused": "bold red", "skipped": "dim"}
+_STYLE = {"pending": "dim", "queued": "dim", "running": "yellow", "waiting": "magenta", "done": "green",
+          "reused": "cyan", "failed": "bold red", "refused": "bold red", "skipped": "dim"}
 _ENDED = ("done", "failed", "reused", "skipped", "refused")
 
 
@@ -73,7 +73,7 @@ class Progress:
 
     def task(self, step: str, done: int, total: int, info: str = "") -> None:
         """Live progress of a running step (a training step count, loss, tokens/s)."""
-        if step not in self.state:
+        if step not in self.state or self.state[step][0] != "running":  # a late report of a finished step
             return
         text = f"{done}/{total}  {info}".strip() if total else info
         self.work[step] = text

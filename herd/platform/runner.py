@@ -258,7 +258,8 @@ class Runner:
                         for step in ready:
                             remaining.remove(step)
                             rec = cache.components(step, self._input_digests(step, known))
-                            done, _ = (None, []) if step.name in forced else self._reusable(step, rec)
+                            done, why = ((None, ["forced (--force)"]) if step.name in forced
+                                         else self._reusable(step, rec))
                             if done is not None:
                                 known[step.name] = done.outputs
                                 result.reused.append(step.name)
@@ -266,6 +267,7 @@ class Runner:
                                 progress.update(step.name, "reused", where=f"run {done.run_id}")
                                 self._link_reused(step, done, recipe_source, result)
                                 continue
+                            progress.update(step.name, "queued", where="; ".join(why))  # why it runs
                             self._ensure_ray(progress)
                             fut = pool.submit(self._execute, step, rec, sink, recipe_source, result, progress,
                                               step.name in forced, lease_wait_s)

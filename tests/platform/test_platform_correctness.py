@@ -138,6 +138,8 @@ def make(ctx: StepContext) -> None:
     ctx.annotate_output("numbers", run_name=ctx.train_run_name, at=time.time())  # metadata: not hashed
     for i in range(3):
         ctx.log_metrics({"i": float(i)}, step=i)
+        ctx.progress(i + 1, 3, f"item {i}")
+    time.sleep(1)  # let the relay show the last progress report while the step still runs
 
 
 def use(ctx: StepContext) -> None:
@@ -180,8 +182,8 @@ def test_force_reruns_fresh_and_a_crashed_force_is_never_hidden(ray_local, herd_
     assert runner.plan(two_steps())[0].action == "reuse"
 
 
-def test_verify_reuse_and_a_failing_mlflow_call_drops_nothing(ray_local, herd_home, monkeypatch):
-    runner = Runner(Runtime(RuntimeConfig(home=str(herd_home))), progress=False)
+def test_verify_reuse_and_a_failing_mlflow_call_drops_nothing(ray_local, herd_home, monkeypatch, capsys):
+    runner = Runner(Runtime(RuntimeConfig(home=str(herd_home))), progress=True)
     real, calls = runner.lineage.log_metrics, []
 
     def flaky(*args, **kw):  # MLflow refuses the first two metric writes
@@ -195,6 +197,8 @@ def test_verify_reuse_and_a_failing_mlflow_call_drops_nothing(ray_local, herd_ho
     history = MlflowClient(runner.rt.tracking_uri).get_metric_history(first.records["t.make"].run_id, "i")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert len(calls) > 2
+    shown = capsys.readouterr().err  # the terminal: state changes with elapsed time, and live progress
+    assert "running  t.make" in shown and "3/3  item 2" in shown and "done     t.make" in shown
 
     alive = {"up": True}
 
@@ -206,8 +210,10 @@ def test_verify_reuse_and_a_failing_mlflow_call_drops_nothing(ray_local, herd_ho
     alive["up"] = False
     plan = runner.plan(two_steps(endpoint_up))
     assert plan[1].action == "run" and plan[1].reasons == ["endpoint http://127.0.0.1:9 not answering"]
+    capsys.readouterr()
     res = runner.run(two_steps(endpoint_up))
     assert res.reused == ["t.make"] and res.executed == ["t.use"]
+    assert "queued   t.use    endpoint http://127.0.0.1:9 not answering" in capsys.readouterr().err
 
 
 def boom(ctx: StepContext) -> None:
