@@ -102,8 +102,8 @@ def main() -> None:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=M,
-                min_new_tokens=M,
                 do_sample=False,
+                eos_token_id=None,  # exactly M tokens, as the others (EOS ignored)
                 pad_token_id=cfg.pad_token_id,
             )
         got[key] = out[:, P:].tolist()
