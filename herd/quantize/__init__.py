@@ -2,7 +2,7 @@
 
     from herd.quantize import QuantScheme, quantize_weights, export_compressed, load_quantized
     scheme = QuantScheme(scheme="int4", method="gptq", group_size=32)
-    hessians = collect_hessians(model, batches)                  # GPTQ only (calibration on held-out data)
+    hessians = collect_hessians(model, batches, target_names(model))   # GPTQ only (calibration rows)
     qweights = quantize_weights(model, scheme, hessians)          # {module name: QuantizedWeight}
     export_compressed(model, qweights, scheme, "out/", tokenizer=...)   # loads in transformers, vLLM, load_hf
     fast = load_quantized("out/")                                 # herd model with packed int8/int4 CPU kernels
@@ -41,4 +41,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'herd.quantize' has no attribute {name!r}")
 
 
-__all__ = ["CalibrationConfig", "GateConfig", "QuantScheme", "QuantizeConfig", *_LAZY]
+__all__ = [
+    "CalibrationConfig",
+    "GateConfig",
+    "KernelShapeError",
+    "QualityGateError",
+    "QuantScheme",
+    "QuantizeConfig",
+    "QuantizedWeight",
+    "check_gate",
+    "collect_hessians",
+    "export_compressed",
+    "load_for_inference",
+    "load_quantized",
+    "logit_agreement",
+    "quantize_model_",
+    "quantize_weights",
+]

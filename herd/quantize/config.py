@@ -83,9 +83,10 @@ class QuantScheme(_Section):
 class CalibrationConfig(_Section):
     samples: int = Field(64, ge=1, description="Calibration sequences (GPTQ Hessians).")
     seq_len: int = Field(256, ge=8, description="Tokens per calibration sequence.")
-    split: Literal["pretrain_val", "sft"] = Field("pretrain_val", description="Where calibration text comes from.")
-    heldout_samples: int = Field(32, ge=1, description="Held-out sequences (disjoint from calibration) for the "
-                                 "gate's KL and top-1 agreement.")
+    split: Literal["pretrain", "sft"] = Field("pretrain", description="Packed training data the calibration "
+                                              "rows come from (sft: chat rows, for post-trained models).")
+    heldout_samples: int = Field(64, ge=1, description="Validation rows (never trained or calibrated on) for the "
+                                 "gate's KL, top-1 agreement and mini-eval items.")
 
 
 class QuantizeConfig(_Section):

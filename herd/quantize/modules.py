@@ -208,7 +208,7 @@ def read_quantized_weights(path: str | Path) -> dict[str, QuantizedWeight]:
         if not key.endswith(".weight_scale"):
             continue
         name = key[: -len(".weight_scale")]
-        herd_name = name[len(MM_TEXT_PREFIX):] if name.startswith(MM_TEXT_PREFIX) else name
+        herd_name = name.removeprefix(MM_TEXT_PREFIX)
         scale = tensors[key]
         if w.type == "float":
             out[herd_name] = QuantizedWeight(tensors[name + ".weight"], scale, 8, 0, kind="fp8")
@@ -239,5 +239,17 @@ def load_for_inference(path: str | Path, *, dtype: torch.dtype = torch.bfloat16,
     return load_hf(path, dtype=dtype, device=device)
 
 
-__all__ = ["FP8Linear", "INT4_KERNEL_GROUPS", "Int4Linear", "Int8Linear", "KernelShapeError", "PackedExperts",
-           "check_shape", "load_for_inference", "load_quantized", "packed_linear", "quantize_model_", "read_quantized_weights"]
+__all__ = [
+    "INT4_KERNEL_GROUPS",
+    "FP8Linear",
+    "Int4Linear",
+    "Int8Linear",
+    "KernelShapeError",
+    "PackedExperts",
+    "check_shape",
+    "load_for_inference",
+    "load_quantized",
+    "packed_linear",
+    "quantize_model_",
+    "read_quantized_weights",
+]

@@ -1,10 +1,10 @@
 """One quantized variant end to end, as the quantize flow runs it: calibrate, quantize, export, gate.
 
-    report = quantize_checkpoint("parent_model/", scheme, cfg, val_uri, "out/int4")   # raises QualityGateError
+    report = quantize_checkpoint("parent/", scheme, cfg, calib_uri, val_uri, "out/int4")  # raises QualityGateError
 
-The parent is a Hugging Face Llama 4 directory (with its tokenizer beside the weights); ``val_uri`` is the
-pipeline's packed validation shards. The first ``calibration.samples`` rows calibrate GPTQ, the next
-``calibration.heldout_samples`` rows are the gate's held-out tokens (never seen by calibration). The variant is
+The parent is a Hugging Face Llama 4 directory (with its tokenizer beside the weights). ``calib_uri`` is packed
+training data: its first ``calibration.samples`` rows calibrate GPTQ. ``val_uri`` is the packed validation split:
+its first ``calibration.heldout_samples`` rows are the gate's held-out tokens (never trained or calibrated on). The variant is
 gated as it will be served: loaded by ``load_quantized`` on packed kernels with ``cfg.dtype`` activations,
 against the parent in the same dtype. ``quantize.json`` in the output holds the metrics, thresholds and what was checked.
 """
@@ -43,8 +43,8 @@ def read_rows(val_uri: str, n: int, storage_options: dict[str, Any] | None = Non
     return torch.stack(rows[:n])
 
 
-def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: QuantizeConfig, val_uri: str,
-                        out_dir: str | Path, *, storage_options: dict[str, Any] | None = None,
+def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: QuantizeConfig, calib_uri: str,
+                        val_uri: str, out_dir: str | Path, *, storage_options: dict[str, Any] | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize the checkpoint at ``parent_dir`` by ``scheme`` into ``out_dir`` and gate it (see module doc)."""
     from herd.data.tokenizer import load_tokenizer
@@ -59,9 +59,8 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     dtype = getattr(torch, cfg.dtype)
     cal = cfg.calibration
     parent = load_hf(parent_dir, dtype=torch.float32)
-    rows = read_rows(val_uri, cal.samples + cal.heldout_samples, storage_options)
-    n_cal = min(cal.samples, max(len(rows) // 2, len(rows) - cal.heldout_samples))
-    calib, heldout = rows[:n_cal, : cal.seq_len], rows[n_cal:]
+    calib = read_rows(calib_uri, cal.samples, storage_options)[:, : cal.seq_len]
+    heldout = read_rows(val_uri, cal.heldout_samples, storage_options)
     timings: dict[str, float] = {}
 
     hessians = None
@@ -94,7 +93,8 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     thresholds = scheme.gate.resolved(scheme.scheme)
     report = {"scheme": scheme.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
               "layers_quantized": len(qweights), "calibration": {"rows": len(calib), "tokens": int(calib.numel()),
-              "heldout_rows": len(heldout), "heldout_tokens": int(heldout.numel()), "source": val_uri},
+              "heldout_rows": len(heldout), "heldout_tokens": int(heldout.numel()), "source": calib_uri,
+              "heldout_source": val_uri},
               "size_bytes": size, "timings": {**timings, "total_s": time.perf_counter() - t0}}
     passed_ok = False
     try:

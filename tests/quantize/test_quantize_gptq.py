@@ -21,7 +21,7 @@ def hessians(tiny_model: Llama4) -> dict[str, torch.Tensor]:
 def test_hessians_cover_every_target_routed_or_dense(tiny_model: Llama4, hessians: dict[str, torch.Tensor]) -> None:
     names = target_names(tiny_model)
     routed = [n for n in names if ".experts." in n]
-    assert routed and set(n for n in names if ".experts." not in n) <= set(hessians)
+    assert routed and {n for n in names if ".experts." not in n} <= set(hessians)
     assert sum(n in hessians for n in routed) >= 6  # experts the router chose got their own tokens' Hessian
     H = hessians["model.layers.1.feed_forward.experts.0.down_proj"] if \
         "model.layers.1.feed_forward.experts.0.down_proj" in hessians else hessians[names[2]]

@@ -90,7 +90,7 @@ def test_int8_unaligned_width_is_refused_not_crashed() -> None:
     code = ("import torch; x = torch.randn(4, 250, dtype=torch.bfloat16); "
             "w = torch.randint(-127, 127, (32, 250), dtype=torch.int8); "
             "torch._weight_int8pack_mm(x, w, torch.ones(32, dtype=torch.bfloat16)); print('survived')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     if proc.returncode == 0:
         pytest.skip("this CPU/torch build does not crash on unaligned bf16 int8 widths")
     assert proc.returncode != 0 and "survived" not in proc.stdout
