@@ -14,7 +14,6 @@ own held-out CE.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from herd.cli import pipeline_steps
@@ -42,10 +41,10 @@ def main() -> None:
             t0 = time.perf_counter()
             res = runner.run(steps, ["distill.train"], recipe_source="tiny")
             wall = time.perf_counter() - t0
-            student = runner.store.get(res.outputs["distill.train"]["model"]).local_path()
-            teacher = runner.store.get(res.outputs["pretrain.train"]["model"]).local_path()
-            s = json.loads((student / "training.json").read_text())["final_metrics"]
-            t = json.loads((teacher / "training.json").read_text())["final_metrics"]
+            # run metadata lives in the model's manifest (the model directory holds only what the weights determine)
+            student = runner.store.get(res.outputs["distill.train"]["model"]).manifest.meta["training"]
+            teacher = runner.store.get(res.outputs["pretrain.train"]["model"]).manifest.meta["training"]
+            s, t = student["final_metrics"], teacher["final_metrics"]
             rows.append((rule, s, t, wall, "distill.train" in res.executed))
     finally:
         if rt is not None:
