@@ -20,7 +20,7 @@ from herd.serve.engine.text import Detokenizer, StopStrings
 from herd.serve.engine.types import RequestOutput, SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queues look sequences up by object
 class Sequence:
     """One request's state inside the engine."""
 
@@ -98,7 +98,6 @@ class Scheduler:
         while self.waiting and self.free and budget > 0:
             seq = self.waiting.popleft()
             seq.slot = self.free.pop()
-            self.free.sort(reverse=True)
             self.running.append(seq)
             n = min(seq.pending(), budget)
             rows.append(ScheduledRow(seq, n))
