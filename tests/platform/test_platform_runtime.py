@@ -124,8 +124,13 @@ def test_credentials_travel_as_arguments_not_in_runtime_env(ray_local, monkeypat
     assert ray.get(task.remote(creds, read_env)) == secret
     from ray.util.state import list_tasks
 
-    listed = json.dumps([t.__dict__ if hasattr(t, "__dict__") else t
-                         for t in list_tasks(filters=[("name", "=", "herd-creds-test")], detail=True)], default=str)
+    listed = "[]"
+    for _ in range(30):  # task events reach the State API in batches (about once a second)
+        listed = json.dumps([t.__dict__ for t in list_tasks(address=ray_local.address, detail=True,
+                                                            filters=[("name", "=", "herd-creds-test")])], default=str)
+        if "runtime_env" in listed:
+            break
+        time.sleep(1)
     assert "herd-creds-test" in listed and secret not in listed  # the dashboard's view of the task
     assert isinstance(Credentials(), Credentials) and Credentials().env == ()
 
