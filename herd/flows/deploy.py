@@ -88,13 +88,13 @@ def endpoint_still_serves(outputs: dict[str, Artifact]) -> str | None:
 
 def served_roles(recipe: Recipe) -> dict[str, str]:
     """role -> "<step>.<output>" of the models this deployment serves (from the flows registered before deploy)."""
-    from herd.flows import FLOWS, builder
+    import herd.flows as registry
 
     found: dict[str, str] = {}
-    for name in FLOWS:
+    for name in registry.FLOWS:
         if name == "deploy":
             break
-        for step in builder(name)(recipe):
+        for step in registry.builder(name)(recipe):
             for out, role in step.roles.items():
                 found[role] = f"{step.name}.{out}"
     cfg = recipe.deploy

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -220,7 +221,7 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
             detail = _status_detail(st)
             serve.delete(app, _blocking=False)
             raise DeployError(f"endpoint {app} failed to start: {detail}")
-        lacking = lacking_resources(app)
+        lacking = lacking_resources(app) or _serve_says_lacking(st)
         if lacking:
             pending_since = pending_since or time.monotonic()
             total = ray.cluster_resources()
@@ -243,10 +244,36 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
         time.sleep(1.0)
 
 
+_SERVE_PENDING = re.compile(r"Deployment '([^']+)'.*?Resources required for each replica: (\{[^}]*\}), "
+                            r"total resources available: (\{[^}]*\})")
+
+
+def _serve_says_lacking(st: Any) -> list[str]:
+    """Serve's own 'replicas not scheduled' messages whose resources exceed what is free in the cluster.
+
+    Serve reports a replica that waits to be scheduled with what it needs; a need the cluster cannot meet now is
+    pending resources (a replica that is merely slow to start needs nothing that is lacking and is not counted).
+    """
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    out = []
+    for name, d in (getattr(st, "deployments", None) or {}).items():
+        m = _SERVE_PENDING.search(str(getattr(d, "message", "") or ""))
+        if not m:
+            continue
+        try:
+            need = {k: float(v) for k, v in json.loads(m.group(2)).items()}
+        except ValueError:
+            continue
+        short = {k: v for k, v in need.items() if v > free.get(k, 0.0) + 1e-9}
+        if short:
+            out.append(_describe(name, need, short, free, total))
+    return out
+
+
 def _never_fits(line: str, total: dict[str, float]) -> bool:
     # "(free X of T)": a need above the cluster's total can never be met
-    import re
-
     for key, need, _free, tot in re.findall(r"(\w+) ([\d.]+) \(free ([\d.]+) of ([\d.]+)\)", line):
         if float(need) > float(tot):
             return True

@@ -68,7 +68,9 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        path = scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # an app under a route prefix (/myapp/health)
+            path = path[len(root):] or "/"
         status = {"code": 500}
 
         async def send_wrapper(message: dict) -> None:

@@ -151,3 +151,21 @@ def test_deploy_flow_is_a_lineage_node_and_redeploys_when_down(served: Served, r
         assert httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=30).json()["models"] == ["herd-student"]
     finally:
         serve.delete("flowtest")
+
+
+def test_pending_resources_fail_fast_naming_what_is_lacking(served: Served, tiny_model) -> None:
+    """A replica the cluster can never hold fails at once with the resources it lacked (no timeout wait)."""
+    import time
+
+    from ray import serve
+
+    from herd.serve.app import DeployError, ModelSpec, deploy
+    from herd.serve.config import DeployConfig
+
+    cfg = DeployConfig(engine="herd", app_name="toobig", route_prefix="/toobig", num_cpus=64, max_model_len=512)
+    t0 = time.monotonic()
+    with pytest.raises(DeployError, match=r"CPU 64 \(free [\d.]+ of 2\)"):
+        deploy([ModelSpec(id="big", path=str(tiny_model[0]), engine="herd")], cfg)
+    assert time.monotonic() - t0 < 120
+    assert "toobig" not in serve.status().applications or serve.status().applications["toobig"].status in (
+        "DELETING", "NOT_STARTED")
