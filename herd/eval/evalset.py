@@ -68,18 +68,35 @@ def read_items(evalset_dir: str | Path, suite: str) -> list[dict[str, Any]]:
     return _read_jsonl(Path(evalset_dir) / SUITE_FILES[suite])
 
 
-def _training_text(corpus_dir: Path | None) -> str:
-    """All training text (documents and chats) as one string, to keep generated eval problems out of it."""
+def _training_questions(corpus_dir: Path | None) -> set[str]:
+    """Every line of the training text and every chat message (``Question: `` stripped): generated eval problems
+    found here are dropped, so a topped-up problem was never seen in training (a set: one pass, O(1) lookups)."""
     if corpus_dir is None:
-        return ""
+        return set()
     import pyarrow.parquet as pq
 
-    parts: list[str] = []
-    for name, col in (("documents.parquet", "text"), ("chats.parquet", "messages")):
-        p = corpus_dir / name
-        if p.exists():
-            parts.extend(pq.read_table(p, columns=[col]).column(col).to_pylist())
-    return "\n".join(parts)
+    seen: set[str] = set()
+
+    def add(text: str) -> None:
+        for line in text.split("\n"):
+            line = line.strip()
+            seen.add(line)
+            if line.startswith("Question: "):
+                seen.add(line[len("Question: "):])
+
+    docs, chats = corpus_dir / "documents.parquet", corpus_dir / "chats.parquet"
+    if docs.exists():
+        for text in pq.read_table(docs, columns=["text"]).column("text").to_pylist():
+            add(text)
+    if chats.exists():
+        for conv in pq.read_table(chats, columns=["messages"]).column("messages").to_pylist():
+            for m in json.loads(conv):
+                content = m.get("content")
+                parts = [content] if isinstance(content, str) else [c.get("text", "") for c in content or []
+                                                                     if isinstance(c, dict)]
+                for part in parts:
+                    add(part)
+    return seen
 
 
 def _arithmetic(tasks: Path, corpus_dir: Path | None, cfg: EvaluateConfig) -> list[dict[str, Any]]:
@@ -89,7 +106,7 @@ def _arithmetic(tasks: Path, corpus_dir: Path | None, cfg: EvaluateConfig) -> li
     want = cfg.arithmetic.n_items
     if len(rows) < want:
         taken = {r["question"] for r in rows} | {r.get("prompt") for r in _read_jsonl(tasks / "rl_prompts.jsonl")}
-        train = _training_text(corpus_dir)
+        train = _training_questions(corpus_dir)
         # a separate seed stream from the data flow's (which seeds from data.synthetic.seed via SeedSequence)
         rng = np.random.default_rng([cfg.seed, 0xE7A1])
         for p in make_problems(3 * (want - len(rows)) + 100, rng):

@@ -21,14 +21,14 @@ from herd.model import Llama4, ModelConfig, save_hf
 
 VOCAB = 512
 SEQ_LEN = 64
-SMALL = dict(hidden_size=32, intermediate_size=48, intermediate_size_mlp=64, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, attention_chunk_size=32)
+SMALL = {"hidden_size": 32, "intermediate_size": 48, "intermediate_size_mlp": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 2, "attention_chunk_size": 32}
 
 
 def small_eval_config(**kw) -> EvaluateConfig:
-    cfg = dict(knowledge_items=12, perplexity_rows=8, image_items=6, batch_size=16,
-               arithmetic={"n_items": 40, "pass_k_items": 6, "samples": 4, "pass_k": [1, 2], "max_new_tokens": 8},
-               needle={"length_multiples": [1.0, 2.0], "depths": [0.0, 0.5, 1.0], "samples_per_cell": 2})
+    cfg = {"knowledge_items": 12, "perplexity_rows": 8, "image_items": 6, "batch_size": 16,
+           "arithmetic": {"n_items": 40, "pass_k_items": 6, "samples": 4, "pass_k": [1, 2], "max_new_tokens": 8},
+           "needle": {"length_multiples": [1.0, 2.0], "depths": [0.0, 0.5, 1.0], "samples_per_cell": 2}}
     cfg.update(kw)
     return EvaluateConfig(**cfg)
 

@@ -21,13 +21,13 @@ SMALL = ["data.synthetic.n_entities=20", "data.synthetic.n_arithmetic_train=100"
          "evaluate.arithmetic.n_items=30", "evaluate.arithmetic.pass_k_items=4", "evaluate.arithmetic.samples=2",
          "evaluate.arithmetic.pass_k=[1,2]", "evaluate.perplexity_rows=4", "evaluate.knowledge_items=10",
          "evaluate.needle.length_multiples=[1,2]", "evaluate.needle.depths=[0,1]",
-         "evaluate.needle.samples_per_cell=2", "evaluate.suites=[perplexity,knowledge,multiple_choice,arithmetic,"
-         "needle,image]"]
+         "evaluate.needle.samples_per_cell=2",
+         "evaluate.suites=[perplexity,knowledge,multiple_choice,arithmetic,needle,image]"]
 
 
 @pytest.mark.slow
 def test_evaluate_flow_every_model_by_role(ray_local, herd_home, monkeypatch) -> None:
-    import herd.flows as flows
+    from herd import flows
     from herd.flows.evaluate import build
 
     monkeypatch.setattr(flows, "FLOWS", {"data": "herd.flows.data:build", "fake": fake_models,

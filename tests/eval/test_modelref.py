@@ -10,8 +10,8 @@ from herd.model import Llama4, ModelConfig, save_hf
 from herd.platform.modelref import ModelRefError, resolve_model, role_of, step_roles
 from herd.platform.store import ArtifactStore
 
-CFG = dict(vocab_size=300, hidden_size=32, intermediate_size=48, intermediate_size_mlp=64, num_hidden_layers=2,
-           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
+CFG = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48, "intermediate_size_mlp": 64,
+       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 4}
 
 
 def test_import_dir_then_resolve_by_prefix(tmp_path: Path) -> None:
