@@ -128,14 +128,17 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
             _serve_say("herd keeps a persistent local Ray head for the served endpoint; `herd status` lists "
                        "endpoints, `herd down` stops them and the head")
         try:
-            res = Runner(rt).run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
-                                 lease_wait_s=wait_lease, recipe=rec)
+            runner = Runner(rt)
+            res = runner.run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
+                             lease_wait_s=wait_lease, recipe=rec)
         finally:
             rt.stop()
     except HerdError as e:
         _fail(e)
     out.print(f"[green]done[/] in {res.duration_s:.1f}s: {len(res.executed)} step(s) ran, {len(res.reused)} "
               f"reused. MLflow runs: {', '.join(f'{k}={v}' for k, v in res.flow_runs.items()) or 'none new'}")
+    if res.flow_runs:  # the runs view (a sqlite store: once `herd ui` serves it)
+        out.print(f"MLflow: {runner.lineage.experiment_url()}", soft_wrap=True, highlight=False)
 
 
 @app.command()
