@@ -94,7 +94,8 @@ def _parquet_schema(path: Any) -> list[dict[str, str]] | None:
 
 
 def _mlflow_type(arrow: str) -> str:
-    # The UI renders any string; keep arrow's own spelling for nested types (list<int32>) so users see it.
+    # The UI renders any string: nested types keep arrow's spelling minus the child field name (list<int32>).
+    arrow = re.sub(r"<(?:item|element): ", "<", arrow)
     return {"int64": "long", "int32": "integer", "double": "double", "float": "float", "string": "string",
             "large_string": "string", "bool": "boolean", "binary": "binary"}.get(arrow, arrow)
 
