@@ -71,14 +71,21 @@ def main() -> None:
         t0 = time.perf_counter()
         lm = HerdLM.load(art.local_path(), batch_size=cfg.batch_size)
         load_s = time.perf_counter() - t0
+        cpu: dict[str, float] = {}
+        mark = [time.process_time()]
+
+        def on_suite(name: str, r, cpu=cpu, mark=mark) -> None:  # CPU seconds: robust to a shared, loaded box
+            now = time.process_time()
+            cpu[name], mark[0] = now - mark[0], now
+
         res = evaluate_model(lm, out / "evalset", cfg, val_dir=store.get(data["pretrain_val"]).local_path(),
-                             chat=uses_chat(role), heavy=True)
+                             chat=uses_chat(role), heavy=True, on_suite=on_suite)
         total = time.perf_counter() - t0
         parent = next((digests[p] for p in art.manifest.parents if p in digests), None)
         digests[art.digest] = art.digest
         models.append(ModelResults(f"{role} [{art.digest[:8]}]", role, art.digest, res, parent=parent,
                                    seconds=total))
-        times = ", ".join(f"{k} {r.seconds:.1f}s" for k, r in res.items() if not r.skipped)
+        times = ", ".join(f"{k} {r.seconds:.1f}s wall / {cpu[k]:.1f}s cpu" for k, r in res.items() if not r.skipped)
         print(f"{role}: {lm.model.config.num_params() / 1e6:.1f}M params, load {load_s:.1f}s, {times}, total "
               f"{total:.1f}s")
     summary = build_report(models, out / "report", seq_len=recipe.data.packing.seq_len)

@@ -34,7 +34,7 @@ class NeedleConfig(_Section):
         description="Haystack lengths as multiples of data.packing.seq_len (past 1x is beyond training length).")
     context_lengths: list[int] | None = Field(
         None, description="Absolute haystack lengths in tokens; overrides length_multiples when set.")
-    depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1,
+    depths: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0], min_length=1,
                                 description="Needle position as a fraction of the haystack (0 = start).")
     samples_per_cell: int = Field(8, ge=1, description="Needles per (length, depth) cell.")
     max_new_tokens: int = Field(8, ge=1, description="Tokens generated for the answer (six-digit codes).")
@@ -65,7 +65,7 @@ class ArithmeticConfig(_Section):
     pass_k: list[int] = Field(default_factory=lambda: [1, 4], min_length=1,
                               description="k values of sampled pass@k (unbiased estimator, Chen et al. 2021).")
     samples: int = Field(8, ge=1, description="Samples per problem for pass@k (n >= max(pass_k)).")
-    pass_k_items: int = Field(128, ge=1, description="Problems used for sampled pass@k.")
+    pass_k_items: int = Field(100, ge=1, description="Problems used for sampled pass@k.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature for pass@k.")
 
     @model_validator(mode="after")
