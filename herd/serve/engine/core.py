@@ -257,7 +257,13 @@ class EngineCore:
 
     def _sample(self, logits: torch.Tensor, sample_rows: list[tuple[ScheduledRow, int]]) -> None:
         seqs = [r.seq for r, _ in sample_rows]
-        x = logits[torch.tensor([j for _, j in sample_rows], device=logits.device)]
+        picks = [j for _, j in sample_rows]
+        # decode-only steps select exactly the sampled rows, in order: no gather needed
+        x = (
+            logits
+            if picks == list(range(logits.shape[0]))
+            else logits[torch.tensor(picks, device=logits.device)]
+        )
         ps = [s.params for s in seqs]
         toks_t = sample(
             x,

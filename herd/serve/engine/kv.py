@@ -140,7 +140,18 @@ class SlotKV:
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan
     ) -> torch.Tensor:
         """One new token per row: (n, h, D) each. Batched over a view of slot rows 0..hi-1 (no cache copy)."""
-        slots, write, hi, width, dense, mask = plan.single(self.chunk[layer], self.num_slots)
+        chunk = self.chunk[layer]
+        if q.shape[0] == 1:  # one sequence (a lone client): plain slices, no index tensors or mask
+            s, p = plan.single_slots[0], plan.single_pos[0]
+            w = p if chunk is None else p % chunk
+            kc, vc = self.k[layer][s], self.v[layer][s]
+            kc[:, w] = k[0]
+            vc[:, w] = v[0]
+            o = F.scaled_dot_product_attention(
+                q[:, :, None], kc[None, :, : w + 1], vc[None, :, : w + 1], enable_gqa=True
+            )
+            return o[:, :, 0]
+        slots, write, hi, width, dense, mask = plan.single(chunk, self.num_slots)
         kc, vc = self.k[layer], self.v[layer]
         kc[slots, :, write] = k
         vc[slots, :, write] = v
