@@ -238,6 +238,8 @@ class LineageRecorder:
         run = self.client.get_run(run_id)
         params = {k: v for k, v in run.data.params.items()}
         params |= {"herd.step": run.data.tags.get("herd.step", ""), "herd.digest": art.digest}
+        if art.store.local or art.manifest.bytes <= MODEL_FILES_MAX_BYTES:  # config.json: the shape and sizes
+            params |= views.model_architecture(art.local_path())
         datasets = {n: a for n, a in inputs.items() if a.kind == "dataset"}
         held = next((a for n, a in sorted(datasets.items()) if "val" in n), None)
         train = next((a for n, a in sorted(datasets.items()) if "val" not in n), None)

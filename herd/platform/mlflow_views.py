@@ -144,6 +144,33 @@ def output_name(art: Any, fallback: str) -> str:
     return f"{m.producer_step}.{out}" if m.producer_step and out else fallback
 
 
+# ------------------------------------------------------------------------------------------------ models
+ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+             "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok", "interleave_moe_layer_step",
+             "vocab_size", "max_position_embeddings")
+
+
+def model_architecture(model_dir: Any) -> dict[str, Any]:
+    """Architecture params of a model directory in transformers' layout (config.json): the shape, total and
+    active parameters per token. Empty when the directory holds no Llama 4 config herd can read."""
+    from pathlib import Path
+
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    from herd.model.config import ModelConfig
+
+    try:
+        cfg = ModelConfig.from_hf_dict(json.loads(cfg_path.read_text()))
+    except (ValueError, TypeError, KeyError):  # not a herd-shaped Llama 4 (e.g. an imported checkpoint)
+        return {}
+    dumped = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {f"arch.{k}": dumped[k] for k in ARCH_KEYS if k in dumped}
+    out["total_params"] = cfg.num_params()
+    out["active_params"] = cfg.num_active_params()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ summaries
 HEADLINE = ("loss", "ce", "eval/loss", "kl", "teacher_ce", "alpha", "tokens_per_s", "mfu")
 
@@ -170,6 +197,6 @@ def flow_description(flow: str, source: str, ran: list[tuple[str, str, float]], 
     return "\n".join(lines)
 
 
-__all__ = ["UI_DEFAULT", "dataset_entity", "dataset_profile", "experiment_url", "flow_description",
-           "headline_metrics", "model_url", "output_name", "recipe_name", "recipe_yaml", "redact", "redact_source",
+__all__ = ["ARCH_KEYS", "UI_DEFAULT", "dataset_entity", "dataset_profile", "experiment_url", "flow_description",
+           "headline_metrics", "model_architecture", "model_url", "output_name", "recipe_name", "recipe_yaml", "redact", "redact_source",
            "registry_url", "run_url", "ui_base"]
