@@ -160,8 +160,11 @@ def model_architecture(model_dir: Any) -> dict[str, Any]:
         return {}
     from herd.model.config import ModelConfig
 
+    raw = json.loads(cfg_path.read_text())
+    if not str(raw.get("model_type", "")).startswith("llama4"):  # another family: herd cannot count it
+        return {}
     try:
-        cfg = ModelConfig.from_hf_dict(json.loads(cfg_path.read_text()))
+        cfg = ModelConfig.from_hf_dict(raw)
     except (ValueError, TypeError, KeyError):  # not a herd-shaped Llama 4 (e.g. an imported checkpoint)
         return {}
     dumped = cfg.model_dump(mode="json")
