@@ -155,9 +155,11 @@ def up(cfg: RuntimeConfig, mlflow_port: int = 5000, ray_port: int = 6380, parts:
             cmd.append(f"--num-cpus={cfg.num_cpus}")
         say(f"starting Ray head on 127.0.0.1:{port} (log {logs / 'ray.log'})")
         # --block keeps `ray start` in the foreground; stopping its process group stops exactly this head.
+        # On SIGTERM a Ray node first drains (lets Serve finish in-flight requests) for up to this many seconds;
+        # Ray's default, 30 s, is the silence `herd down` used to take. A local head needs a few seconds.
+        env = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5", **os.environ}
         with open(logs / "ray.log", "ab") as log:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ))
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         services["ray"] = {"pid": proc.pid, "address": f"127.0.0.1:{port}",
                            "dashboard": f"http://127.0.0.1:{dash_port}",
                            "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}
@@ -200,15 +202,24 @@ def _ray_address_file() -> Path | None:
     return Path(get_ray_address_file(None))
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def _stop_groups(targets: dict[str, dict[str, Any]], say: Event, grace_s: float) -> list[str]:
-    """SIGTERM every target's process group at once, wait for all (up to grace_s), SIGKILL what is left."""
+    """Stop every target: SIGTERM to the leader (``ray start`` drains the node and stops its own children while
+    the GCS still answers), then SIGTERM / SIGKILL to whatever is left of its process group."""
     t0 = time.monotonic()
     pending: dict[str, int] = {}
     for name, svc in targets.items():
         pid = int(svc["pid"])
-        say(f"stopping {name} (pid {pid}, process group {pid}) ...")
+        say(f"stopping {name} (pid {pid}) ...")
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
             pending[name] = pid
         except ProcessLookupError:
             continue
@@ -220,11 +231,17 @@ def _stop_groups(targets: dict[str, dict[str, Any]], say: Event, grace_s: float)
                 say(f"stopped {name} in {time.monotonic() - t0:.1f} s")
                 del pending[name]
     for name, pid in pending.items():
-        say(f"{name} still running after {grace_s:.0f} s: killing its process group")
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        say(f"{name} still running after {grace_s:.0f} s: killing it")
+    for name in stopped:  # leftovers of each group (a child the leader did not stop, or the leader itself)
+        pgid = int(targets[name]["pid"])
+        if not _group_alive(pgid):
+            continue
+        os.killpg(pgid, signal.SIGTERM if name not in pending else signal.SIGKILL)
+        deadline = time.monotonic() + 3
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
     return stopped
 
 
