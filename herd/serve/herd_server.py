@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -60,6 +61,23 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
     )
 
 
+def _load_engine(path: str, cfg: Any, dtype: Any) -> Any:
+    """herd's engine over the checkpoint at ``path``: a compressed-tensors export (``quantization_config``) runs on
+    herd.quantize's packed CPU kernels (what vLLM's CPU build cannot serve), anything else loads dense."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from herd.serve.engine import Engine
+
+    conf = json.loads((Path(path) / "config.json").read_text())
+    if conf.get("quantization_config"):
+        from herd.quantize.modules import load_for_inference
+
+        model = load_for_inference(path, dtype=dtype or torch.float32)
+        return Engine(model, Tokenizer.from_file(str(Path(path) / "tokenizer.json")), cfg)
+    return Engine.from_pretrained(path, cfg, dtype=dtype)
+
+
 def _error(message: str, status: int = 400, param: str | None = None, type_: str = "BadRequestError") -> Any:
     return ErrorResponse(error=ErrorInfo(message=message, type=type_, code=status, param=param))
 
@@ -80,14 +98,14 @@ class HerdEngine(LLMEngine):
     async def start(self) -> None:
         import torch
 
-        from herd.serve.engine import Engine, EngineConfig
+        from herd.serve.engine import EngineConfig
 
         kw = dict(self.llm_config.engine_kwargs)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             str(kw.pop("dtype", "float32")))
-        path = self.llm_config.model_loading_config.model_source
+        path = str(self.llm_config.model_loading_config.model_source)
         cfg = EngineConfig(**{k: v for k, v in kw.items() if k in EngineConfig.model_fields})
-        self.engine = await asyncio.to_thread(Engine.from_pretrained, str(path), cfg, dtype=dtype)
+        self.engine = await asyncio.to_thread(_load_engine, path, cfg, dtype)
         self.engine.start()
         self._vocab = self.engine.tokenizer.get_vocab_size()
 

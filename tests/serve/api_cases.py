@@ -72,14 +72,19 @@ def test_completion_greedy_matches_transformers_and_echo_logprobs(served: Served
         assert max(lp.top_logprobs[i].values()) >= lp.token_logprobs[i] - 1e-6
     g = c.completions.create(model=served.model, prompt=prompt, max_tokens=6, temperature=0, logprobs=0,
                              extra_body={"ignore_eos": True})
-    ids = list(prompt)
+    ids, best = list(prompt), []
     for _ in range(6):  # greedy continuation, token by token, from transformers
-        ids.append(int(_reference(served.ckpt, ids)[-1].argmax()))
+        step = _reference(served.ckpt, ids)[-1]
+        ids.append(int(step.argmax()))
+        best.append(step.max().item())
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(served.ckpt / "tokenizer.json"))
     want = [tok.decode([i], skip_special_tokens=False) for i in ids[len(prompt):]]
-    assert g.choices[0].logprobs.tokens == want, (g.choices[0].logprobs.tokens, ids[len(prompt):])
+    got = g.choices[0].logprobs
+    for j in range(6):  # same token (a partial UTF-8 byte prints as '' or U+FFFD) with the greedy logprob
+        assert got.tokens[j] == want[j] or {got.tokens[j], want[j]} <= {"", "\ufffd"}, (got.tokens, want)
+        assert abs(got.token_logprobs[j] - best[j]) < 2e-3, (j, got.token_logprobs, best)
     assert g.usage.completion_tokens == 6 and g.choices[0].finish_reason == "length"
 
 
