@@ -26,6 +26,9 @@ FLOWS: dict[str, str | Builder] = {
     "data": "herd.flows.data:build",
     "pretrain": "herd.flows.pretrain:build",
     "distill": "herd.flows.distill:build",
+    "sft": "herd.flows.sft:build",
+    "rl": "herd.flows.rl:build",
+    "dpo": "herd.flows.dpo:build",
 }
 
 

@@ -50,8 +50,11 @@ def _gather(obj: Any, world: int) -> list[Any]:
 
 class RolloutSource:
     def __init__(self, model: nn.Module, prompts: list[Prompt], ledger: Ledger, tok: Any, cfg: RLConfig, *,
-                 rank: int, world: int) -> None:
+                 rank: int, world: int, bf16: bool = False) -> None:
         self.model, self.tok, self.cfg, self.rank, self.world = model, tok, cfg, rank, world
+        # sample under the trainer's autocast, so both sides compute the same (bf16) log-probs; the remaining
+        # gap (different matmul shapes round differently) is what `logp_gap/*` reports
+        self.bf16 = bf16
         self.prompts = {p.prompt_id: p for p in prompts}
         # the ledger may also hold the SFT judge's rows: the RL pool is the prompts this step was given
         ledger.entries = {k: v for k, v in ledger.entries.items() if k in self.prompts}
@@ -79,8 +82,10 @@ class RolloutSource:
         if not prompt_ids:
             return []
         seed = int(np.random.default_rng([cfg.seed, self.step, rnd, self.rank, 2]).integers(2**62))
-        outs = sample(self.model, prompt_ids, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                      stop=[EOT_ID], seed=seed)
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            outs = sample(self.model, prompt_ids, temperature=cfg.temperature,
+                          max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed)
         groups = []
         for i, pid in enumerate(pids):
             p, members = self.prompts[pid], []
@@ -97,6 +102,7 @@ class RolloutSource:
         cfg = self.cfg
         progress = self.step / max(cfg.steps - 1, 1)
         kept: list[dict[str, Any]] = []
+        seen_members: list[dict[str, Any]] = []  # every rollout of the batch, kept or filtered (the metrics)
         seen = dropped = rounds = 0
         caps: dict[str, list[float]] = {}
         for rnd in range(1 + (cfg.max_refill_rounds if cfg.filter_zero_variance else 0)):
@@ -116,6 +122,7 @@ class RolloutSource:
                     self.ledger.update(pid, succ, att, self.step, cfg.tiers)
             for g in groups:
                 seen += 1
+                seen_members += g["members"]
                 r = torch.tensor([[m["reward"] for m in g["members"]]])
                 caps.setdefault(g["capability"], []).extend(m["correct"] for m in g["members"])
                 if cfg.filter_zero_variance and bool(zero_variance(r)[0]):
@@ -123,13 +130,11 @@ class RolloutSource:
                     continue
                 g["adv"] = group_advantages(r, cfg.scale_rewards)[0].tolist()
                 kept.append(g)
-        members = [m for g in kept for m in g["members"]]
-        lengths = [len(m["tokens"]) for g in kept for m in g["members"]]
-        every = [m for g in kept for m in g["members"]]
+        every = seen_members
         stats = {"rollout/groups_kept": float(len(kept)), "rollout/zero_var_frac": dropped / max(seen, 1),
                  "rollout/gen_rounds": float(rounds), "rollout/groups_seen": float(seen),
-                 "rollout/reward": float(np.mean([m["reward"] for m in members])) if members else 0.0,
-                 "rollout/mean_len": float(np.mean(lengths)) if lengths else 0.0,
+                 "rollout/reward": float(np.mean([m["reward"] for m in every])) if every else 0.0,
+                 "rollout/mean_len": float(np.mean([len(m["tokens"]) for m in every])) if every else 0.0,
                  "rollout/truncated": float(np.mean([not m["stopped"] for m in every])) if every else 0.0}
         for cap, vals in caps.items():
             stats[f"rollout/pass_rate/{cap}"] = float(np.mean(vals))

@@ -52,7 +52,10 @@ def build_objective_and_data(job: Any, cfg: Any, model: nn.Module, *, rank: int,
         ledger.load_state_dict({"entries": _rows(spec["ledger"], so)})
         tok = Tokenizer.from_str(spec["tokenizer_json"])
         model.to(device)  # the sampler runs the raw model before the trainer wraps it
-        src = RolloutSource(model, prompts, ledger, tok, cfg, rank=rank, world=world)
+        from herd.train.loop import resolve_precision
+
+        src = RolloutSource(model, prompts, ledger, tok, cfg, rank=rank, world=world,
+                            bf16=resolve_precision(cfg.precision, device) == "bf16")
         return GRPOObjective(cfg.temperature, cfg.clip_low, cfg.clip_high, cfg.kl_coef), src
     raise ValueError(f"kind {job.kind!r} is not a post-training kind (sft, rl, dpo)")
 

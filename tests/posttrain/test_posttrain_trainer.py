@@ -124,6 +124,7 @@ def test_rl_rollouts_filter_and_ledger(tok) -> None:
     assert m["rollout/groups_kept"] <= cfg.prompts_per_step
 
 
+@pytest.mark.slow  # 8 RL steps with refills: ~10 s idle, minutes on a loaded box
 def test_rl_resume_is_exact(tok, tmp_path) -> None:
     """4 steps straight == 2 steps, checkpoint, a fresh process state restored from it, 2 more steps: same
     weights and the same ledger (rollout seeds derive from the step; the ledger and buffer are checkpointed)."""

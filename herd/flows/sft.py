@@ -1,0 +1,109 @@
+"""sft flow: judge the SFT data's difficulty, drop the easy part, fine-tune the base model on the rest.
+
+    herd flow sft                                   # runs data / pretrain / distill first if not cached
+    herd flow sft --set posttrain.sft.easy_fraction=0.0     # SFT on all data (the ablation)
+
+Steps:
+- `sft.judge` (driver): the judge (posttrain.judge.model, the teacher by default) grades every SFT conversation
+  (pass@k on verifiable turns, ties by its loss of the reference answer; loss alone elsewhere) and every RL
+  prompt (pass@k, the curriculum's starting point). Outputs the difficulty `ledger` (prompt id, capability,
+  judge digest, score, kept) and the kept, tokenized `data` (one conversation per row, assistant-only mask).
+- `sft.train` (driver, Ray Train): the one trainer with the cross-entropy objective, initialized from the base
+  model (posttrain.model's distilled weights); then the result is compared with its parent on held-out
+  arithmetic and knowledge items (paired, McNemar), logged as `vs_parent/*` metrics and a `report`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from herd.flows._train import resolve_precision
+from herd.platform.runner import Resources, Step, StepContext
+
+if TYPE_CHECKING:
+    from herd.platform.config import Recipe
+
+CORPUS, TASKS, TOKENIZER = "data.clean.corpus", "data.synthetic.tasks", "data.tokenizer.tokenizer"
+
+
+def trained_model_ref(recipe: Recipe, name: str) -> str:
+    """The step output holding `models[name]`'s trained weights (the pretrain or the distill model)."""
+    if name == recipe.pretrain.model:
+        return "pretrain.train.model"
+    if name == recipe.distill.student:
+        return "distill.train.model"
+    raise ValueError(f"models.{name} is trained by neither pretrain (models.{recipe.pretrain.model}) nor "
+                     f"distill (models.{recipe.distill.student}); set posttrain.model / posttrain.judge.model "
+                     "to one of them")
+
+
+def judge(ctx: StepContext) -> None:
+    from herd.posttrain.stage import judge_sft
+
+    jcfg, sft, rl = ctx.config["posttrain.judge"], ctx.config["posttrain.sft"], ctx.config["posttrain.rl"]
+    j = ctx.inputs["judge"]
+    ctx.progress(0, 1, f"judging SFT data with {jcfg.model} (pass@{jcfg.k})")
+    stats = judge_sft(ctx.inputs["corpus"].local_path(), ctx.inputs["tasks"].local_path(),
+                      ctx.inputs["tokenizer"].local_path(), j.local_path(), j.digest, jcfg, sft, rl,
+                      ctx.output_dir("data", format="jsonl"), ctx.output_dir("ledger", format="jsonl") /
+                      "ledger.jsonl", ctx.store.storage_options or None)
+    ctx.log_params({"judge": jcfg.model, "judge_digest": j.digest, "k": jcfg.k,
+                    "easy_fraction": sft.easy_fraction})
+    ctx.log_metrics(stats, step=0)
+    ctx.progress(1, 1, f"kept {int(stats['judge/kept'])} of {int(stats['judge/examples'])}")
+
+
+def train(ctx: StepContext) -> None:
+    from herd.flows._train import run_train_step
+    from herd.posttrain.data import read_jsonl
+    from herd.train.ray_trainer import TrainJob
+
+    cfg = ctx.config["posttrain.sft"]
+    model_cfg = next(v for k, v in ctx.config.items() if k.startswith("models."))
+    data, parent = ctx.inputs["data"], ctx.inputs["parent"]
+    rows = [{"ids": r["ids"], "mask": r["mask"]} for r in read_jsonl(str(data.local_path() / "rows.jsonl"))]
+    job = TrainJob(kind="sft", section=cfg.model_dump(), model=model_cfg.model_dump(), train_uri=data.uri,
+                   data_id=data.digest, init_uri=parent.uri, init_id=parent.digest, posttrain={"rows": rows},
+                   storage_options=ctx.store.storage_options or None)
+    ctx.log_params({"rows": len(rows), "steps": cfg.steps, "lr": cfg.optim.lr, "parent": parent.digest,
+                    "ledger": ctx.inputs["ledger"].digest})
+    run_train_step(ctx, job)
+    _report(ctx)
+
+
+def _report(ctx: StepContext) -> None:
+    """Held-out comparison with the parent, paired on the same items (shared by nothing else: flows stay apart)."""
+    from herd.posttrain.stage import measure
+
+    ctx.progress(0, 1, "held-out comparison with the parent")
+    metrics, items = measure(ctx.output_dir("model"), ctx.inputs["parent"].local_path(),
+                             ctx.inputs["tokenizer"].local_path(), ctx.inputs["tasks"].local_path(),
+                             ctx.config["posttrain.eval_items"])
+    ctx.log_metrics(metrics, step=0)
+    out = ctx.output_dir("report", format="json")
+    (out / "vs_parent.json").write_text(json.dumps({"metrics": metrics, "items": items}, indent=1))
+
+
+def build(recipe: Recipe) -> list[Step]:
+    pt = recipe.posttrain
+    sft = resolve_precision(pt.sft)
+    return [
+        Step("sft.judge", judge,
+             config={"posttrain.judge": pt.judge, "posttrain.sft": sft, "posttrain.rl": pt.rl},
+             inputs={"corpus": CORPUS, "tasks": TASKS, "tokenizer": TOKENIZER,
+                     "judge": trained_model_ref(recipe, pt.judge.model)},
+             outputs={"data": "dataset", "ledger": "dataset"},
+             resources=Resources(cpus=0), in_driver=True, code=["herd.posttrain"],
+             description=f"judge SFT difficulty with models.{pt.judge.model}, drop the easiest "
+                         f"{sft.easy_fraction:.0%} per capability"),
+        Step("sft.train", train,
+             config={"posttrain.sft": sft, f"models.{pt.model}": recipe.models[pt.model],
+                     "posttrain.eval_items": pt.eval_items},
+             inputs={"data": "sft.judge.data", "ledger": "sft.judge.ledger", "parent":
+                     trained_model_ref(recipe, pt.model), "tokenizer": TOKENIZER, "tasks": TASKS},
+             outputs={"model": "model", "plots": "image", "report": "report"},
+             roles={"model": "sft"},
+             resources=Resources(cpus=0), in_driver=True, code=["herd.posttrain", "herd.train"],
+             description=f"SFT models.{pt.model} on the hard examples ({sft.steps} steps)"),
+    ]
