@@ -31,7 +31,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on an oversubscribed box)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from herd.model import Llama4, ModelConfig, load_hf, save_hf
     from herd.model.generate import SamplingParams, generate

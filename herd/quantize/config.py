@@ -108,7 +108,7 @@ class QuantizeConfig(_Section):
         description="Module names (or 're:<regex>') left unquantized.",
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    eval_items: int = Field(200, ge=0, description="Items of the gate's paired mini-evaluation (arithmetic and "
+    eval_items: int = Field(100, ge=0, description="Items of the gate's paired mini-evaluation (arithmetic and "
                             "multiple choice); 0 skips it (KL and top-1 still gate).")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the export's high-precision "
                                                   "tensors and scales, and of the engine's activations.")

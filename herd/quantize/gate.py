@@ -7,7 +7,7 @@
 Held-out tokens are the pipeline's own validation rows, disjoint from the calibration rows. The mini-evaluation
 pairs parent and variant on the SAME items (scores differ only through quantization), so its retention ratio
 needs far fewer items than two independent evaluations would:
-  multiple choice  cloze on held-out text: after 48 tokens of context, which of 4 8-token continuations comes
+  multiple choice  cloze on held-out text: after 32 tokens of context, which of 4 8-token continuations comes
                    next (the true one or spans from other rows), by summed log-likelihood (HellaSwag-style)
   arithmetic       herd's synthetic word problems, greedy decoding, the last integer must equal the answer
 Retention is variant score / parent score over the pooled items, with a paired-bootstrap 95 % interval; the
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONTEXT, SPAN, OPTIONS = 48, 8, 4
+CONTEXT, SPAN, OPTIONS = 32, 8, 4
 
 
 class QualityGateError(RuntimeError):

@@ -11,6 +11,8 @@ import torch
 from herd.model import Llama4
 from herd.quantize import GateConfig, QuantScheme
 from herd.quantize.gate import (
+    CONTEXT,
+    SPAN,
     QualityGateError,
     check_gate,
     cloze_items,
@@ -76,4 +78,5 @@ def test_cloze_items_are_deterministic_and_hold_the_truth(heldout: torch.Tensor)
     rows = [r.tolist() for r in heldout]
     for ctx, opts, k in a:
         assert len(opts) == 4 and all(len(o) == 8 for o in opts)
-        assert any(any(r[i : i + 56] == ctx + opts[k] for i in range(len(r) - 55)) for r in rows)
+        n = CONTEXT + SPAN
+        assert any(any(r[i : i + n] == ctx + opts[k] for i in range(len(r) - n + 1)) for r in rows)
