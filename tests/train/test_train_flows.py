@@ -47,9 +47,11 @@ def test_pretrain_then_distill(ray_local, herd_home):
             summary = model_art.manifest.meta["training"]  # run metadata: in the manifest, not the hashed files
             assert summary["resumed_from"] is None and summary["run_name"].startswith(step.replace(".", "-"))
             assert not (model_dir / "training.json").exists()
-            losses = [m.value for m in client.get_metric_history(rec.run_id, "ce")]
+            # training reports (the LoggedModel's summary adds the final values at step 0: leave those out)
+            history = [m for m in client.get_metric_history(rec.run_id, "ce") if m.step > 0]
+            losses = [m.value for m in history]
             # every log_every steps, plus the checkpoint step 15 (a report carries the checkpoint)
-            assert [m.step for m in client.get_metric_history(rec.run_id, "ce")] == [10, 15, 20, 30]
+            assert [m.step for m in history] == [10, 15, 20, 30]
             # a fresh model predicts ~uniformly: CE = ln(1024) = 6.93; 30 small steps must get well below that
             assert losses[-1] < losses[0] and losses[-1] < 0.7 * math.log(1024), (step, losses)
             run = client.get_run(rec.run_id)
@@ -76,5 +78,14 @@ def test_pretrain_then_distill(ray_local, herd_home):
 
         again = runner.run(steps, ["distill.train"])
         assert again.executed == [] and again.outputs["distill.train"] == res.outputs["distill.train"]
+
+        # --force: pretrain re-trains from scratch under a fresh Ray Train run; identical weights give the identical
+        # digest (no run metadata in the model directory), so distill is reused
+        forced = runner.run(steps, ["distill.train"], force=["pretrain.train"])
+        assert forced.executed == ["pretrain.train"] and "distill.train" in forced.reused
+        assert forced.outputs["pretrain.train"]["model"] == res.outputs["pretrain.train"]["model"]
+        tags = [client.get_run(r.records["pretrain.train"].run_id).data.tags for r in (res, forced)]
+        assert tags[1]["herd.train.run_name"].startswith(tags[0]["herd.train.run_name"] + "-")
+        assert tags[1]["herd.train.resumed_from"] == ""  # from scratch, not resumed from the finished run
     finally:
         runner.rt.stop()
