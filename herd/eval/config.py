@@ -90,7 +90,8 @@ class EvaluateConfig(_Section):
     knowledge_items: int | None = Field(None, ge=1, description="Cap on knowledge QA / MC items (None = all).")
     perplexity_rows: int = Field(64, ge=1, description="Held-out packed sequences scored for perplexity.")
     image_items: int = Field(120, ge=1, description="Held-out digit images for image QA (vision models only).")
-    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    batch_size: int = Field(128, ge=1, description="Sequences per forward pass (long prompts are also capped "
+                            "at 16k tokens a batch). Decoding is per-step overhead bound: bigger batches, fewer steps.")
     max_new_tokens: int = Field(16, ge=1, description="Generation budget for knowledge QA answers (greedy).")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples (perplexity, paired bootstrap).")
