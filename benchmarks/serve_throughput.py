@@ -41,7 +41,7 @@ async def _one(client, model: str, prompt: str, tokens: int) -> tuple[float, int
                                              stream=True, extra_body={"ignore_eos": True},
                                              stream_options={"include_usage": True})
     async for ch in stream:
-        if ch.choices and ch.choices[0].text and ttft is None:
+        if ch.choices and ttft is None:  # the first token's chunk (its text may be empty: a special token)
             ttft = time.perf_counter() - t0
         if ch.usage:
             n = ch.usage.completion_tokens

@@ -393,6 +393,10 @@ class HerdServer(LLMServer):
 
     _default_engine_cls = HerdEngine
 
+    async def _start_engine(self) -> None:
+        # LLMServer's version also pushes Ray's usage telemetry, which parses engine_kwargs as vLLM arguments
+        await self.engine.start()
+
     @classmethod
     def get_deployment_options(cls, llm_config: Any) -> dict[str, Any]:
         # LLMServer's version sizes a placement group from vLLM's engine config; herd's engine is one actor.
