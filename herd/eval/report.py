@@ -111,7 +111,8 @@ def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
         lines += ["", "## Paired comparisons against the parent model (same items)", "",
                   "| model | parent | suite | delta | CI | p | test | differs |", "|---|---|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
-            lines.append(f"| {c['model']} | {c['parent']} | {c['suite']} | {c['delta']:+.3f} | "
+            what = "perplexity (per-sequence loss, nats)" if c["suite"] == "perplexity" else c["suite"]
+            lines.append(f"| {c['model']} | {c['parent']} | {what} | {c['delta']:+.3f} | "
                          f"[{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p_value']:.3g} | {c['method']} | "
                          f"{'yes' if c['significant'] else 'no'} |")
     lines += ["", *[f"![{name}]({name})" for name in images], ""]
