@@ -93,6 +93,10 @@ class LineageRecorder:
         """The run's page (for a sqlite store: where `herd ui` shows it)."""
         return views.run_url(self.ui, self.experiment_id, run_id)
 
+    def _page(self, model_id: str) -> str:
+        """A model page link inside MLflow's own pages: root-relative, so it works on any host and port."""
+        return views.model_url("", self.experiment_id, model_id)
+
     def experiment_url(self) -> str:
         return views.experiment_url(self.ui, self.experiment_id)
 
@@ -143,8 +147,8 @@ class LineageRecorder:
             metrics.update(views.headline_metrics(step, self.client.get_run(step_run).data.metrics))
         metrics |= {"steps_ran": float(len(ran)), "steps_reused": float(len(reused))}
         self.log_metrics(run_id, metrics, 0, time.time())
-        self.client.set_tag(run_id, "mlflow.note.content",
-                            views.flow_description(flow, source, ran, reused, self.run_url))
+        self.client.set_tag(run_id, "mlflow.note.content", views.flow_description(
+            flow, source, ran, reused, lambda r: views.run_url("", self.experiment_id, r)))
         self.client.set_tag(run_id, "herd.reused", json.dumps(dict(reused), sort_keys=True))
 
     # -------------------------------------------------------------------------------------------- inputs
@@ -263,14 +267,14 @@ class LineageRecorder:
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
         note = [(f"**{label}**: made by step `{run.data.tags.get('herd.step')}` "
-                 f"([run]({self.run_url(run_id)}))."), "",
+                 f"([run]({views.run_url('', self.experiment_id, run_id)}))."), "",
                 f"Files in herd's store: `{art.uri}` (digest `{art.digest}`)."]
         if parents:
-            note.append("Parent: " + ", ".join(f"[{p.name}]({self.model_url(p.model_id)})" for p in parents))
+            note.append("Parent: " + ", ".join(f"[{p.name}]({self._page(p.model_id)})" for p in parents))
             self.client.set_logged_model_tags(model_id, {"herd.parent": ",".join(p.model_id for p in parents)})
         for p in parents:  # the parent's page lists what was made from it
             self.client.set_logged_model_tags(p.model_id, {f"herd.child.{label}": model_id})
-            self._append_note(p, f"Made from it: [{label}]({self.model_url(model_id)})")
+            self._append_note(p, f"Made from it: [{label}]({self._page(model_id)})")
         self.client.set_logged_model_tags(model_id, {"mlflow.note.content": "\n\n".join(note)})
         self._log_model_files(model_id, art)
 

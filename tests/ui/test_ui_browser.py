@@ -159,8 +159,9 @@ def test_student_model_page_shows_metrics_params_dataset_and_parent(ui, page, sh
     assert "No parameters recorded" not in body and "active_params" in body
     assert "data.pack.pretrain" in body  # Datasets used
     assert "test-teacher" in body  # its parent, named by role
-    page.get_by_role("link", name="test-teacher").first.click()  # the parent link leads to the teacher's page
-    page.wait_for_url(re.compile(teacher.model_id), timeout=60_000)
+    href = page.get_by_role("link", name="test-teacher").first.get_attribute("href")
+    assert teacher.model_id in href  # the parent link leads to the teacher's page; follow it on this server
+    page.goto(f"{ui['base']}/#/experiments/{exp}/models/{re.search(r'm-[0-9a-f]+', href).group(0)}")
     body = _wait_text(page, "Made from it", "test-student")
     page.screenshot(path=str(shots / "03-teacher-model.png"), full_page=True)
     assert "Made from it" in body and "test-student" in body  # and the teacher's page lists the student
