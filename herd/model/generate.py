@@ -108,8 +108,10 @@ class KVCache:
             return o.transpose(1, 2)
         rows = torch.arange(self.batch, device=q.device)
         slot_t = torch.tensor(slots, device=q.device)
-        kc[rows, :, slot_t] = k[:, 0]
-        vc[rows, :, slot_t] = v[:, 0]
+        # advanced-index writes do not cast (slice writes do): under a bf16 autocast (RL rollouts sample under
+        # the trainer's autocast) k/v arrive in bf16 while the cache keeps the model's dtype
+        kc[rows, :, slot_t] = k[:, 0].to(kc.dtype)
+        vc[rows, :, slot_t] = v[:, 0].to(vc.dtype)
         width = max(slots) + 1
         mask = torch.arange(width, device=q.device)[None, :] <= slot_t[:, None]  # (B, width): own keys only
         o = F.scaled_dot_product_attention(

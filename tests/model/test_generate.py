@@ -108,3 +108,12 @@ def test_bad_requests_get_clear_errors(model: Llama4) -> None:
     cache = KVCache(model.config, 1, max_len=4)
     with pytest.raises(ValueError, match="do not fit"):
         prefill(model, cache, [[1, 2, 3, 4, 5]])
+
+
+def test_ragged_batch_decodes_under_bf16_autocast(model: Llama4) -> None:
+    # RL rollouts sample under the trainer's bf16 autocast: k/v arrive in bf16 into the model-dtype cache, and
+    # rows of different lengths take the advanced-index write path
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, [[1, 2, 3], [4, 5, 6, 7, 8]], SamplingParams(max_new_tokens=3))
+    assert [len(g.tokens) for g in out] == [3, 3]
+    assert all(0 <= t < model.config.vocab_size for g in out for t in g.tokens)
