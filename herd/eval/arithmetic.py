@@ -17,7 +17,7 @@ from typing import Any
 
 from herd.eval.config import ArithmeticConfig
 from herd.eval.knowledge import first_line
-from herd.eval.lm import HerdLM
+from herd.eval.lm import EOT_IDS, HerdLM
 from herd.eval.result import SuiteResult
 from herd.eval.stats import bootstrap_mean, pass_at_k, wilson
 
@@ -34,7 +34,7 @@ def evaluate_arithmetic(lm: HerdLM, items: Sequence[dict[str, Any]], cfg: Arithm
                         resamples: int = 1000) -> SuiteResult:
     t0 = time.perf_counter()
     prompts = lm.prompt_ids(items, chat)
-    gens = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens)
+    gens = lm.generate(prompts, max_new_tokens=cfg.max_new_tokens, stop_tokens=EOT_IDS if chat else lm.line_stops)
     samples, right = [], 0
     for it, g in zip(items, gens, strict=True):
         pred, ok = _correct(lm.decode(g), it["answer"], chat)
@@ -46,7 +46,8 @@ def evaluate_arithmetic(lm: HerdLM, items: Sequence[dict[str, Any]], cfg: Arithm
     if sampled:
         sub = list(range(min(cfg.pass_k_items, len(items))))
         reps = [prompts[i] for i in sub for _ in range(cfg.samples)]
-        outs = lm.generate(reps, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+        outs = lm.generate(reps, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
+                           stop_tokens=EOT_IDS if chat else lm.line_stops)
         per_k: dict[int, list[float]] = {k: [] for k in cfg.pass_k}
         for j, i in enumerate(sub):
             c = sum(_correct(lm.decode(o), items[i]["answer"], chat)[1]

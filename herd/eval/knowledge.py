@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from herd.eval.lm import HerdLM
+from herd.eval.lm import EOT_IDS, HerdLM
 from herd.eval.result import SuiteResult
 from herd.eval.stats import wilson
 
@@ -38,7 +38,7 @@ def evaluate_knowledge(lm: HerdLM, items: Sequence[dict[str, Any]], *, chat: boo
                        max_new_tokens: int = 16, confidence: float = 0.95) -> SuiteResult:
     t0 = time.perf_counter()
     prompts = lm.prompt_ids(items, chat)
-    gens = lm.generate(prompts, max_new_tokens=max_new_tokens)
+    gens = lm.generate(prompts, max_new_tokens=max_new_tokens, stop_tokens=EOT_IDS if chat else lm.line_stops)
     samples, em, contains = [], 0, 0
     for it, g in zip(items, gens, strict=True):
         pred = first_line(lm.decode(g))

@@ -90,6 +90,16 @@ class HerdLM:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     @property
+    def line_stops(self) -> tuple[int, ...]:
+        """End-of-turn ids plus every token whose text holds a newline: base-model answers are read up to the
+        first newline, so decoding past it is wasted (the row leaves the batch as soon as it stops)."""
+        if not hasattr(self, "_line_stops"):
+            vocab = self.tokenizer.get_vocab_size()
+            nl = [i for i in range(vocab) if "\n" in self.tokenizer.decode([i], skip_special_tokens=False)]
+            self._line_stops = (*EOT_IDS, *nl)
+        return self._line_stops
+
+    @property
     def has_vision(self) -> bool:
         return self.model.config.vision is not None
 
