@@ -76,6 +76,11 @@ def _fail(e: HerdError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _say(message: str) -> None:
+    """One line of progress for the user (never wrapped: paths and commands stay copy-pastable)."""
+    out.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 def _load(recipe: str | None, sets: list[str] | None):
     from herd.platform.config import load_recipe
 
@@ -85,7 +90,8 @@ def _load(recipe: str | None, sets: list[str] | None):
 def _runtime(rec, address: str | None, tracking_uri: str | None, store: str | None):
     from herd.platform.runtime import Runtime
 
-    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store)
+    # route_logs: Ray's own output goes to $HERD_HOME/logs/ray-*.log from the moment Ray starts, not the terminal.
+    return Runtime(rec.runtime, address=address, tracking_uri=tracking_uri, store=store, route_logs=True)
 
 
 def pipeline_steps(rec, flows: list[str] | None = None):
@@ -276,22 +282,27 @@ def _print_ui_links(tracking_uri: str, base: str, experiment: str, title: str) -
 
 @app.command()
 def up(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them."""
+    """Start a persistent local Ray head and MLflow server for HERD_HOME; later commands attach to them.
+
+    The dashboard and MLflow listen on 127.0.0.1. Ray's GCS and client ports listen on all interfaces (Ray
+    cannot bind them to loopback in local mode); token auth protects them: `herd token` prints the token.
+    """
     from herd.platform import runtime
 
     try:
-        services = runtime.up(_load(recipe, set_).runtime)
+        services = runtime.up(_load(recipe, set_).runtime, on_event=_say)
     except HerdError as e:
         _fail(e)
     r, m = services["ray"], services["mlflow"]
-    out.print(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (token in {r['token_path']})")
-    out.print(f"MLflow     {m['uri']}")
-    out.print("Stop both with `herd down`.")
+    _say(f"Ray head   {r['address']}  dashboard {r['dashboard']}  (login token: run `{runtime.TOKEN_COMMAND}`; "
+         f"file {r['token_path']})")
+    _say(f"MLflow     {m['uri']}")
+    _say("Stop both with `herd down`.")
 
 
 @app.command()
 def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
-    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME."""
+    """Stop the Ray head and MLflow server that `herd up` started for HERD_HOME (only if still the same processes)."""
     from herd.platform import runtime
 
     try:
@@ -299,12 +310,31 @@ def down(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
         from herd.serve.app import forget_endpoints
 
         gone = forget_endpoints(rec.runtime.resolved_home())  # they run on the head stopped below
-        stopped = runtime.down(rec.runtime)
+        stopped = runtime.down(rec.runtime, on_event=_say)
         if gone:
             out.print(f"endpoints stopped with the cluster: {', '.join(gone)}", soft_wrap=True, highlight=False)
     except HerdError as e:
         _fail(e)
-    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def token(recipe: RecipeOpt = None, set_: SetOpt = None) -> None:
+    """Print the Ray dashboard's login token for HERD_HOME (paste it into the dashboard's login dialog)."""
+    from herd.platform.runtime import token_path
+
+    try:
+        home = _load(recipe, set_).runtime.resolved_home()
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            print(os.environ["RAY_AUTH_TOKEN"])
+            return
+        path = token_path(home)
+        if not path.is_file():
+            raise HerdError(f"no Ray token at {path}: it is created by the first `herd run` or `herd up` for "
+                              f"HERD_HOME={home}")
+        print(path.read_text().strip())
+    except HerdError as e:
+        _fail(e)
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -347,7 +377,7 @@ def recipe_show(name: Annotated[str, typer.Argument(help="Built-in name or YAML 
         rec = _load(name, set_)
     except HerdError as e:
         _fail(e)
-    data = rec.model_dump(mode="json", exclude_defaults=diff)
+    data = rec.redacted_dump(exclude_defaults=diff)  # storage options, keys and tokens as ***
     print(yaml.safe_dump(data, sort_keys=False, width=110).rstrip())
     print("\n# parameters (total / active per token)")
     for key, m in rec.models.items():
@@ -368,6 +398,44 @@ def recipe_validate(path: Annotated[str, typer.Argument(help="Recipe YAML file (
 # ---------------------------------------------------------------------------------------------- serving
 def _serve_say(message: str) -> None:
     out.print(message, soft_wrap=True, highlight=False, markup=False)
+
+@app.command("eval")
+def eval_(model: Annotated[str, typer.Argument(metavar="MODEL|show", help="Artifact digest (>= 8 chars), MLflow "
+                                               "m-... model id or local HF checkpoint dir; `show` prints every "
+                                               "evaluated model's scores.")],
+          harness: Annotated[str | None, typer.Option("--harness", metavar="URL", help="Also run lm-eval "
+                                                      "local-completions against this OpenAI endpoint.")] = None,
+          harness_model: Annotated[str, typer.Option(help="The `model` name the endpoint serves.")] = "herd",
+          limit: Annotated[int | None, typer.Option(help="lm-eval: items per task.")] = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+          recipe: RecipeOpt = None, set_: SetOpt = None, address: AddressOpt = None,
+          tracking_uri: TrackingOpt = None, store: StoreOpt = None) -> None:
+    """Evaluate MODEL on every suite (scores +- CI on its MLflow model), or `herd eval show` the comparison."""
+    import json
+
+    from herd.eval.cli import eval_model, show_summary
+    from herd.eval.report import render_table
+
+    try:
+        rec = _load(recipe, set_)
+        rt = _runtime(rec, address, tracking_uri, store)
+        if model == "show":
+            summary = show_summary(rt)
+        else:
+            try:
+                summary = eval_model(model, rec, rt, harness_url=harness, harness_model=harness_model, limit=limit,
+                                     say=_say)["summary"]
+            finally:
+                rt.stop()
+    except (HerdError, ValueError, ImportError, FileNotFoundError) as e:
+        _fail(e if isinstance(e, HerdError) else HerdError(str(e)))
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    elif not summary["rows"]:
+        _say("no evaluated models yet: run `herd flow evaluate` or `herd eval MODEL`")
+    else:
+        out.print(render_table(summary))
+
 
 @app.command()
 def serve(models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Artifact digest (>= 8 chars), "

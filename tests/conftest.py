@@ -10,7 +10,7 @@ Every area uses these instead of starting its own services:
 - ``mlflow_server`` (session): ``mlflow server`` on 127.0.0.1 backed by sqlite, ``--workers 1``, job execution off.
   Yields its tracking URI (``http://127.0.0.1:<port>``).
 - ``herd_home`` (function): a fresh directory exported as ``HERD_HOME``.
-- ``finished_pipeline`` (session): every registered flow run once on the ``test`` recipe in its own HERD_HOME
+- ``finished_pipeline`` (session): every registered flow but deploy run once on the ``test`` recipe in its own HERD_HOME
   (``FinishedPipeline``: home, recipe, tracking_uri, store, result), for flow and UI tests that need finished
   artifacts and MLflow records.
 
@@ -229,7 +229,7 @@ class FinishedPipeline:
 
 @pytest.fixture(scope="session")
 def finished_pipeline(ray_local: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> FinishedPipeline:
-    """Every registered flow run once, in pipeline order, on the ``test`` recipe (herd/platform/recipes/test.yaml:
+    """Every registered flow but deploy run once, in pipeline order, on the ``test`` recipe (herd/platform/recipes/test.yaml:
     the tiny pipeline with a smaller corpus, vocabulary and models): a few minutes on 2 cores, shared by every
     test that needs finished artifacts, MLflow runs, LoggedModels and registered models. Read-only for tests:
     a test that changes the store or MLflow makes its own HERD_HOME instead. Runs in this process on the
@@ -242,7 +242,10 @@ def finished_pipeline(ray_local: RayCluster, tmp_path_factory: pytest.TempPathFa
     home = tmp_path_factory.mktemp("pipeline") / "herd_home"
     recipe = load_recipe("test", [f"runtime.home={home}"])
     runner = Runner(Runtime(recipe.runtime), progress=False)
-    result = runner.run(pipeline_steps(recipe), recipe=recipe)
+    # every flow but deploy: a live replica in the session Ray would starve the 2-worker Ray Train tests that
+    # follow (tests/serve deploys, and tears down, its own endpoints per module)
+    steps = [s for s in pipeline_steps(recipe) if s.flow != "deploy"]
+    result = runner.run(steps, recipe=recipe)
     return FinishedPipeline(home, recipe, runner.rt.tracking_uri, runner.store.root, result)
 
 

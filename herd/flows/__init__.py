@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ FLOWS: dict[str, str | Builder] = {
     "sft": "herd.flows.sft:build",
     "rl": "herd.flows.rl:build",
     "dpo": "herd.flows.dpo:build",
+    "quantize": "herd.flows.quantize:build",
+    "evaluate": "herd.flows.evaluate:build",
+    "deploy": "herd.flows.deploy:build",
 }
 
 
@@ -41,4 +45,31 @@ def builder(name: str) -> Builder:
     return getattr(importlib.import_module(module), func)
 
 
-__all__ = ["FLOWS", "builder"]
+@dataclass(frozen=True)
+class ModelOutput:
+    """A model output of a registered flow, found by the role its step declares (``Step.roles``)."""
+
+    ref: str  # "<step>.<output>"
+    role: str
+    parent: str | None  # the ref of the model it was made from (an input of its step with a role), if any
+
+
+def model_outputs(recipe: Recipe, before: str) -> list[ModelOutput]:
+    """Every model output with a role in the flows registered before flow ``before``, in pipeline order.
+
+    How quantize, evaluate and deploy find their models: a new stage joins by declaring a role, with no edit to
+    them. Only upstream flows are built, so flows that look for models never build each other in a cycle."""
+    steps = []
+    for name in FLOWS:
+        if name == before:
+            break
+        steps += builder(name)(recipe)
+    refs = {f"{s.name}.{o}" for s in steps for o in s.roles}
+    out = []
+    for s in steps:
+        parent = next((ref for ref in s.inputs.values() if ref in refs), None)
+        out += [ModelOutput(f"{s.name}.{o}", r, parent) for o, r in s.roles.items()]
+    return out
+
+
+__all__ = ["FLOWS", "ModelOutput", "builder", "model_outputs"]

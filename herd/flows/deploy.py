@@ -88,15 +88,9 @@ def endpoint_still_serves(outputs: dict[str, Artifact]) -> str | None:
 
 def served_roles(recipe: Recipe) -> dict[str, str]:
     """role -> "<step>.<output>" of the models this deployment serves (from the flows registered before deploy)."""
-    import herd.flows as registry
+    import herd.flows as registry  # the module, not `from ... import`: the cache key scans imports
 
-    found: dict[str, str] = {}
-    for name in registry.FLOWS:
-        if name == "deploy":
-            break
-        for step in registry.builder(name)(recipe):
-            for out, role in step.roles.items():
-                found[role] = f"{step.name}.{out}"
+    found = {m.role: m.ref for m in registry.model_outputs(recipe, before="deploy")}
     cfg = recipe.deploy
     if cfg.models:
         missing = [r for r in cfg.models if r not in found]

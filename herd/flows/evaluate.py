@@ -20,13 +20,13 @@ Steps, derived from the pipeline itself:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
+    from herd.flows import ModelOutput
     from herd.platform.config import Recipe
 
 TASKS, TOKENIZER, CORPUS = "data.synthetic.tasks", "data.tokenizer.tokenizer", "data.clean.corpus"
@@ -35,24 +35,11 @@ EVALSET = "evaluate.evalset.evalset"
 DATASET = "herd-eval"  # the MLflow dataset name metrics are tied to (its digest: the eval set's)
 
 
-@dataclass(frozen=True)
-class ModelOutput:
-    ref: str  # "<step>.<output>"
-    role: str
-    parent: str | None  # the ref of the model it was made from (an input of its step with a role), if any
-
-
 def model_outputs(recipe: Recipe) -> list[ModelOutput]:
-    """Every model output with a role in the registered flows (except this one), in pipeline order."""
-    import herd.flows as registry  # the module, not `from ... import FLOWS`: the cache key scans imports
+    """Every model output with a role in the flows registered before this one, in pipeline order."""
+    import herd.flows as registry  # the module, not `from ... import`: the cache key scans imports
 
-    steps = [s for name in registry.FLOWS if name != "evaluate" for s in registry.builder(name)(recipe)]
-    refs = {f"{s.name}.{o}": r for s in steps for o, r in s.roles.items()}
-    out = []
-    for s in steps:
-        parent = next((ref for ref in s.inputs.values() if ref in refs), None)
-        out += [ModelOutput(f"{s.name}.{o}", r, parent) for o, r in s.roles.items()]
-    return out
+    return registry.model_outputs(recipe, before="evaluate")
 
 
 def heavy_refs(models: list[ModelOutput], mode: str) -> set[str]:

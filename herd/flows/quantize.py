@@ -49,16 +49,10 @@ def quantize(ctx: StepContext) -> None:
 def final_model(recipe: Recipe) -> tuple[str, str]:
     """(role, "<step>.<output>") of the pipeline's final unquantized model: the latest role in STAGE_ORDER among
     the model outputs of the flows registered before quantize."""
-    from herd import flows as registry
+    import herd.flows as registry  # the module, not `from ... import`: the cache key scans imports
 
-    found: dict[str, str] = {}
-    for name in registry.FLOWS:
-        if name == "quantize":
-            break
-        for step in registry.builder(name)(recipe):
-            for out, role in step.roles.items():
-                if role not in QUANTIZED_ROLES and role != "external":
-                    found[role] = f"{step.name}.{out}"
+    found = {m.role: m.ref for m in registry.model_outputs(recipe, before="quantize")
+             if m.role not in QUANTIZED_ROLES and m.role != "external"}
     if not found:
         raise FlowError("quantize: no flow before it produces a model (teacher, student, sft, rl or dpo); "
                         "register pretrain or distill before quantize in herd/flows/__init__.py")

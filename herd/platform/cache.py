@@ -125,6 +125,7 @@ def code_closure(step: Step) -> dict[str, str]:
     root = _herd_root()
     out: dict[str, str] = {}
     pending: list[str] = []
+    explicit = {_unit(m) or m for m in step.code}
     fn_module = getattr(step.fn, "__module__", None) or ""
     for mod in [fn_module, *step.code]:
         if (mod == "herd" or mod.startswith("herd.")) and not (mod in step.code and mod.startswith(_EXCLUDED)):
@@ -146,6 +147,8 @@ def code_closure(step: Step) -> dict[str, str]:
             continue
         seen.add(unit)
         files = _unit_files(unit, root)
+        if not files and unit not in explicit and _unit_files(unit.rpartition(".")[0], root):
+            continue  # `from herd.flows import ModelOutput`: a name defined in a package, not a module of it
         if not files:
             raise FlowError(f"step {step.name}: code module {unit!r} was not found under {root}; list importable "
                             "modules in Step.code")

@@ -17,7 +17,7 @@ cli = CliRunner()
 
 
 def test_builtins_validate_and_tiny_is_default():
-    assert builtin_recipes() == ["maverick", "scout", "test", "tiny"]  # test: the reduced pipeline of the tests
+    assert builtin_recipes() == ["maverick", "scout", "small", "test", "tiny"]  # test: the tests' reduced pipeline
     tiny = load_recipe()
     assert tiny.source == "tiny"
     assert set(tiny.models) == {"teacher", "student"}
