@@ -37,4 +37,4 @@ def model_name(recipe_name: str, role: str) -> str:
     return f"{recipe_name}-{check_role(role)}"
 
 
-__all__ = ["QUANTIZED_ROLES", "ROLES", "Role", "STAGE_ORDER", "check_role", "model_name"]
+__all__ = ["QUANTIZED_ROLES", "ROLES", "STAGE_ORDER", "Role", "check_role", "model_name"]
