@@ -138,7 +138,8 @@ def code_closure(step: Step) -> dict[str, str]:
                 raise FlowError(f"step {step.name}: code module {mod!r} was not found; list importable modules")
             continue  # a step function defined in a REPL: its source is hashed by code_hash
         digest, imports = _scan(Path(origin), mod)
-        out[mod] = digest
+        # a script's functions belong to __main__ when it runs, to its module name when imported: same code
+        out[Path(origin).stem if mod == "__main__" else mod] = digest
         pending.extend(u for m in imports if (u := _unit(m)))
     seen: set[str] = set()
     while pending:

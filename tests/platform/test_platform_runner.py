@@ -65,7 +65,8 @@ def test_run_reuse_and_config_change(ray_local, herd_home, source):
     run = client.get_run(rec.run_id)
     assert run.data.tags["mlflow.parentRunId"] == third.flow_runs["demo"]
     assert run.data.params["demo.train.lr"] == "0.2"
-    assert [m.value for m in client.get_metric_history(rec.run_id, "w")] == pytest.approx([1.2, 2.4, 3.6])
+    # the three reports (the LoggedModel's summary may repeat the final value after them)
+    assert [m.value for m in client.get_metric_history(rec.run_id, "w")][:3] == pytest.approx([1.2, 2.4, 3.6])
     assert run.info.status == "FINISHED"
 
 
