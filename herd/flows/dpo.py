@@ -13,10 +13,9 @@ with its parent on held-out items, paired.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
-from herd.flows._train import resolve_precision
+from herd.flows._train import report_vs_parent, resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ def train(ctx: StepContext) -> None:
     from herd.model import load_hf
     from herd.posttrain.data import read_jsonl, write_jsonl
     from herd.posttrain.sources import user_pairs
-    from herd.posttrain.stage import dpo_rows, load_tokenizer, measure
+    from herd.posttrain.stage import dpo_rows, load_tokenizer
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["posttrain.dpo"]
@@ -54,12 +53,7 @@ def train(ctx: StepContext) -> None:
                     "parent": parent.digest, **{f"pairs_{k}": v for k, v in sorted(kinds.items())}})
     run_train_step(ctx, job)
 
-    ctx.progress(0, 1, "held-out comparison with the parent")
-    metrics, items = measure(ctx.output_dir("model"), parent.local_path(), tok_dir, tasks.local_path(),
-                             ctx.config["posttrain.eval_items"])
-    ctx.log_metrics(metrics, step=cfg.steps)
-    (ctx.output_dir("report", format="json") / "vs_parent.json").write_text(
-        json.dumps({"metrics": metrics, "items": items}, indent=1))
+    report_vs_parent(ctx, step=cfg.steps)
 
 
 def build(recipe: Recipe) -> list[Step]:

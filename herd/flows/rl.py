@@ -13,10 +13,9 @@ same prompt), and the policy is compared with its parent (the SFT model) on held
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
-from herd.flows._train import resolve_precision
+from herd.flows._train import report_vs_parent, resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ def train(ctx: StepContext) -> None:
     from herd.posttrain.data import write_jsonl
     from herd.posttrain.ledger import Ledger
     from herd.posttrain.rewards import Prompt
-    from herd.posttrain.stage import load_tokenizer, measure, onpolicy_pairs, rl_inputs
+    from herd.posttrain.stage import load_tokenizer, onpolicy_pairs, rl_inputs
     from herd.train.ray_trainer import TrainJob
 
     cfg = ctx.config["posttrain.rl"]
@@ -63,12 +62,7 @@ def train(ctx: StepContext) -> None:
     write_jsonl(ctx.output_dir("pairs", format="jsonl") / "pairs.jsonl", pairs)
     ctx.log_metrics({"onpolicy_pairs": len(pairs)}, step=cfg.steps)
 
-    ctx.progress(0, 1, "held-out comparison with the parent")
-    metrics, items = measure(ctx.output_dir("model"), parent.local_path(), tok_dir,
-                             ctx.inputs["tasks"].local_path(), ctx.config["posttrain.eval_items"])
-    ctx.log_metrics(metrics, step=cfg.steps)
-    (ctx.output_dir("report", format="json") / "vs_parent.json").write_text(
-        json.dumps({"metrics": metrics, "items": items}, indent=1))
+    report_vs_parent(ctx, step=cfg.steps)
 
 
 def build(recipe: Recipe) -> list[Step]:

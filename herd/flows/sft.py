@@ -15,10 +15,9 @@ Steps:
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
-from herd.flows._train import resolve_precision
+from herd.flows._train import report_vs_parent, resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -69,20 +68,7 @@ def train(ctx: StepContext) -> None:
     ctx.log_params({"rows": len(rows), "steps": cfg.steps, "lr": cfg.optim.lr, "parent": parent.digest,
                     "ledger": ctx.inputs["ledger"].digest})
     run_train_step(ctx, job)
-    _report(ctx)
-
-
-def _report(ctx: StepContext) -> None:
-    """Held-out comparison with the parent, paired on the same items (shared by nothing else: flows stay apart)."""
-    from herd.posttrain.stage import measure
-
-    ctx.progress(0, 1, "held-out comparison with the parent")
-    metrics, items = measure(ctx.output_dir("model"), ctx.inputs["parent"].local_path(),
-                             ctx.inputs["tokenizer"].local_path(), ctx.inputs["tasks"].local_path(),
-                             ctx.config["posttrain.eval_items"])
-    ctx.log_metrics(metrics, step=0)
-    out = ctx.output_dir("report", format="json")
-    (out / "vs_parent.json").write_text(json.dumps({"metrics": metrics, "items": items}, indent=1))
+    report_vs_parent(ctx, step=0)
 
 
 def build(recipe: Recipe) -> list[Step]:
