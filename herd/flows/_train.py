@@ -82,21 +82,3 @@ def run_train_step(ctx: StepContext, job: TrainJob) -> TrainOutcome:
 
 
 __all__ = ["progress_line", "resolve_precision", "run_train_step"]
-
-
-def report_vs_parent(ctx: StepContext, step: int) -> dict[str, float]:
-    """Measure the step's new model against its parent on held-out items (paired), log the metrics at ``step``
-    and write them with the per-item results as the ``report`` output (``vs_parent.json``). For the post-training
-    steps, whose inputs name ``parent``, ``tokenizer`` and ``tasks``."""
-    import json
-
-    from herd.posttrain.stage import measure
-
-    ctx.progress(0, 1, "held-out comparison with the parent")
-    metrics, items = measure(ctx.output_dir("model"), ctx.inputs["parent"].local_path(),
-                             ctx.inputs["tokenizer"].local_path(), ctx.inputs["tasks"].local_path(),
-                             ctx.config["posttrain.eval_items"])
-    ctx.log_metrics(metrics, step=step)
-    (ctx.output_dir("report", format="json") / "vs_parent.json").write_text(
-        json.dumps({"metrics": metrics, "items": items}, indent=1))
-    return metrics

@@ -171,7 +171,8 @@ def build(recipe: Recipe) -> list[Step]:
         steps.append(Step(name, evaluate_one, config={"evaluate": cfg, "evaluate.model": me},
                           inputs={"model": m.ref, "evalset": EVALSET, "val": VAL},
                           outputs={"results": "report"}, resources=Resources(cpus=1),
-                          code=["herd.eval", "herd.model.generate"],
+                          # herd.quantize.export: load_hf dequantizes int8/int4 exports through it, by name
+                          code=["herd.eval", "herd.model.generate", "herd.quantize.export"],
                           description=f"{m.role} ({m.ref}) on {', '.join(cfg.suites)}"
                                       + (" incl. NIAH and pass@k" if m.ref in heavy else "")))
     if models:

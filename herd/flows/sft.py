@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from herd.flows._train import report_vs_parent, resolve_precision
+from herd.flows._posttrain import report_vs_parent
+from herd.flows._train import resolve_precision
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:

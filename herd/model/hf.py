@@ -16,6 +16,7 @@ no attention bias, explicit head_dim, MoE placement by ``interleave_moe_layer_st
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -44,6 +45,8 @@ _TOKENIZER_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
 )
+
+_QUANTIZE_EXPORT = "herd.quantize.export"  # compressed-tensors decompression (see load_hf)
 
 
 class CheckpointError(ValueError):
@@ -277,9 +280,11 @@ def load_hf(
         if qcfg.get("quant_method") != "compressed-tensors":
             raise CheckpointError(f"{path}: quant_method {qcfg.get('quant_method')!r} is not supported; herd reads "
                                   "compressed-tensors exports (herd.quantize, llm-compressor)")
-        from herd.quantize.export import decompress_tensors
-
-        tensors = decompress_tensors(tensors, qcfg)
+        # imported by name: herd.quantize builds on herd.model, and a static import would put all of quantization
+        # into the cache key of every step that trains a model (herd.platform.cache follows imports); the steps
+        # that read quantized exports (evaluate, deploy) import herd.quantize themselves
+        export = importlib.import_module(_QUANTIZE_EXPORT)
+        tensors = export.decompress_tensors(tensors, qcfg)
     sd = to_herd_keys(tensors, cfg)
     if cfg.vision is None:
         sd = {k: v for k, v in sd.items() if not k.startswith(("vision_model.", "multi_modal_projector."))}

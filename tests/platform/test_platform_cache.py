@@ -101,3 +101,20 @@ def test_dag_validation():
         Step("f.x", fn_a, outputs={"o": "blob"})
     with pytest.raises(FlowError, match="must be '<flow>.<step>.<output>'"):
         Step("f.x", fn_a, inputs={"i": "up.data"})
+
+
+def test_code_closure_follows_what_each_stage_runs():
+    """A stage's key covers the libraries it runs and no later stage's: editing post-training, evaluation or
+    quantization never retrains the teacher, while the steps that do run that code re-run."""
+    from herd.cli import pipeline_steps
+    from herd.platform.config import load_recipe
+
+    libs = {s.name: {".".join(m.split(".")[:2]) for m in cache.code_closure(s) if m.startswith("herd.")}
+            for s in pipeline_steps(load_recipe("tiny"))}
+    for early in ("pretrain.train", "distill.train"):
+        assert {"herd.train", "herd.model", "herd.data"} <= libs[early]
+        assert not libs[early] & {"herd.posttrain", "herd.eval", "herd.quantize", "herd.serve"}, libs[early]
+    for post in ("sft.judge", "sft.train", "rl.train", "dpo.train"):
+        assert {"herd.posttrain", "herd.train"} <= libs[post]
+    assert "herd.quantize" in libs["quantize.int8"] and "herd.quantize" in libs["evaluate.int8"]
+    assert "herd.serve" in libs["deploy.serve"]
