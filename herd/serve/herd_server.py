@@ -17,6 +17,7 @@ A client disconnect cancels the request's task, which aborts it in the engine an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import time
@@ -110,8 +111,10 @@ class HerdEngine(LLMEngine):
         self._vocab = self.engine.tokenizer.get_vocab_size()
 
     async def check_health(self) -> None:
-        if self.engine is None or self.engine._dead is not None:
-            raise RuntimeError(f"herd engine is not running: {getattr(self.engine, '_dead', None)}")
+        if self.engine is None:
+            raise RuntimeError("herd engine is not started yet")
+        if self.engine.error is not None:
+            raise RuntimeError(f"herd engine's step loop stopped: {self.engine.error!r}")
 
     async def shutdown(self) -> None:
         if self.engine is not None:
@@ -150,6 +153,11 @@ class HerdEngine(LLMEngine):
 
     async def _run(self, prompts: list[list[int]], params: Any, rid: str) -> AsyncGenerator[tuple[int, Any], None]:
         """Deltas of every prompt as (index, delta), the prompts decoded concurrently in the engine."""
+        if len(prompts) == 1:  # the common case: the engine's stream as it is (no pump task, no second queue)
+            async with contextlib.aclosing(self.engine.generate(prompts[0], params, request_id=f"{rid}-0")) as gen:
+                async for d in gen:  # leaving early (a disconnect) closes gen, which aborts in the engine
+                    yield 0, d
+            return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, ids: list[int]) -> None:

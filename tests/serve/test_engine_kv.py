@@ -82,3 +82,29 @@ def test_engine_prefill_chunks_equal_full_forward(model: Llama4) -> None:
         got = eng.score([prompt])[0].token_logprobs
         assert got[0] is None and got[1:] == pytest.approx(want, abs=1e-4), budget
         eng.shutdown()
+
+
+@torch.no_grad()
+def test_engine_fresh_prompts_attended_as_one_block_equal_full_forward(model: Llama4) -> None:
+    """Several new prompts admitted in one step are attended as one block-masked call (``kv._attend_fresh``):
+    their prompt logprobs and the greedy tokens decoded from the keys it wrote equal each prompt's own forward
+    (lengths below, at and across the chunk, wrapping the chunked layers' slot buffer)."""
+    from herd.serve.engine import Engine, EngineConfig, SamplingParams
+
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(13, 300, (n,), generator=g).tolist() for n in (5, 8, 12, 20, 17, 2)]
+    eng = Engine(model, None, EngineConfig(max_num_seqs=len(prompts), max_model_len=64, max_num_batched_tokens=128))
+    try:
+        outs = eng.generate_batch(
+            prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0, prompt_logprobs=0)
+        )
+    finally:
+        eng.shutdown()
+    for p, out in zip(prompts, outs, strict=True):
+        seq = p + out.token_ids
+        lp = torch.log_softmax(model(torch.tensor([seq])).logits[0], -1)
+        assert out.prompt_logprobs is not None and out.logprobs is not None
+        assert out.prompt_logprobs[1:] == pytest.approx([lp[i - 1, p[i]].item() for i in range(1, len(p))], abs=1e-4)
+        for j, t in enumerate(out.token_ids):
+            i = len(p) + j - 1  # the row that predicted generated token j
+            assert t == int(lp[i].argmax()) and out.logprobs[j] == pytest.approx(lp[i, t].item(), abs=1e-4)

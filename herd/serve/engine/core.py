@@ -167,7 +167,10 @@ class EngineCore:
         if not rows:
             return 0
         singles = sorted((r for r in rows if r.n == 1), key=lambda r: r.seq.slot)
-        multis = [r for r in rows if r.n > 1]
+        # fresh prompts (nothing cached) last and together: kv.py attends them as one block
+        multis = [r for r in rows if r.n > 1 and r.seq.computed > 0] + [
+            r for r in rows if r.n > 1 and r.seq.computed == 0
+        ]
         ids: list[int] = []
         pos: list[int] = []
         segments: list[Segment] = []

@@ -3,9 +3,10 @@ evaluation and RL, over one ``EngineCore``. Usage: see the package docstring (``
 
 Threading: the async face runs the step loop on one background thread (started on first use; torch releases
 the GIL in its kernels, so the event loop stays responsive). New requests and aborts reach it through a
-thread-safe inbox; results come back through each request's sink (``call_soon_threadsafe`` into an
-``asyncio.Queue``). The sync face drives the same step loop in the caller's thread when no background loop
-runs, else submits to it and waits.
+thread-safe inbox; results come back through each request's sink into a per-event-loop mailbox that wakes the
+loop once per step (not once per token: 32 streams would be 32 wake-ups a step), and a stream that fell behind
+gets what is ready as one merged delta. The sync face drives the same step loop in the caller's thread when no
+background loop runs, else submits to it and waits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -33,6 +35,31 @@ from herd.serve.engine.types import (
 )
 
 
+class _Mailbox:
+    """Outputs of the step thread for the streams of one asyncio loop, handed over with one wake-up per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: list[tuple[asyncio.Queue, RequestOutput | BaseException]] = []
+        self.lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue, out: RequestOutput | BaseException) -> None:
+        with self.lock:
+            self.items.append((queue, out))
+            if len(self.items) > 1:  # a flush is already scheduled and will take this one too
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop was closed: nobody is listening any more
+            pass
+
+    def _flush(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, out in items:
+            queue.put_nowait(out)
+
+
 class Engine:
     """Continuous batching over a herd ``Llama4`` (or any module with its forward / lm_head / config)."""
 
@@ -49,6 +76,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._dead: BaseException | None = None
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_pretrained(
@@ -174,16 +204,20 @@ class Engine:
     async def generate(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's deltas (the last has ``finished``). Leaving the iteration early (a client
-        disconnect cancels the task) aborts the request and frees its slot."""
+        """Stream a request's deltas (the last has ``finished``): each holds the tokens and text new since the
+        previous one (one token per step while the consumer keeps up, several when it fell behind). Leaving the
+        iteration early (a client disconnect cancels the task) aborts the request and frees its slot."""
         prompt = list(prompt_token_ids)
         self.check_request(prompt, params)
         rid = request_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
+        box = self._mailboxes.get(loop)
+        if box is None:
+            box = self._mailboxes[loop] = _Mailbox(loop)
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
         def sink(out: RequestOutput | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, out)
+            box.put(queue, out)
 
         self.start()
         self._submit(lambda: self._add(rid, prompt, params, sink, False))
@@ -191,6 +225,9 @@ class Engine:
         try:
             while True:
                 out = await queue.get()
+                while not isinstance(out, BaseException) and not out.finished and not queue.empty():
+                    nxt = queue.get_nowait()  # this stream fell behind the step loop: send what is ready at once
+                    out = nxt if isinstance(nxt, BaseException) else out.then(nxt)
                 if isinstance(out, BaseException):
                     raise out
                 yield out

@@ -10,8 +10,12 @@ layer goes through ``attend``), and ``attend`` splits the packed step by the ``S
 
 - rows of one token (decoding sequences, and 1-token prefill chunks) are attended together in one batched
   ``scaled_dot_product_attention`` over the pool's slot rows, masked per row to its own length;
-- rows of several tokens (a prefill chunk appended to a live slot at any position) are attended one by one by
-  ``herd.model.attention.append_attention``: the slot's cached keys (the current chunk's prefix on chunked
+- fresh prompts (several tokens at position 0: nothing cached yet), when a step admits two or more, are
+  attended together in ONE ``scaled_dot_product_attention`` over their packed rows with a block-diagonal mask
+  (causal within a prompt, chunk-aligned on chunked layers), then their keys are copied into their slots: 32
+  newly admitted prompts cost one attention call per layer, not 32;
+- other rows of several tokens (a prefill chunk appended to a live slot at any position) are attended one by one
+  by ``herd.model.attention.append_attention``: the slot's cached keys (the current chunk's prefix on chunked
   layers) plus the new keys, causal and chunk-aligned.
 
 Positions, RoPE, NoPE temperature and chunk boundaries are each sequence's own (chunks aligned to its position
@@ -40,15 +44,47 @@ class Segment:
     offset: int
 
 
+# Fresh prompts are attended as one block only up to this many packed tokens: the block-diagonal mask costs
+# (tokens)^2 per head, which beyond this outgrows the per-prompt calls it saves.
+FRESH_BLOCK_MAX = 1024
+
+
 @dataclass
 class StepPlan:
-    """Where each packed token goes. The first ``len(single_slots)`` packed tokens are 1-token rows."""
+    """Where each packed token goes. The first ``len(single_slots)`` packed tokens are 1-token rows; segments
+    follow, fresh ones (start 0) last and contiguous (``EngineCore.step`` orders them so)."""
 
     single_slots: list[int]
     single_pos: list[int]
     segments: list[Segment]
     device: torch.device
     _cache: dict[int | None, tuple] = field(default_factory=dict)
+    _fresh: dict[int | None, tuple] = field(default_factory=dict)
+
+    def fresh_block(self) -> list[Segment]:
+        """The trailing fresh segments attended as one block (empty when fewer than 2 or too many tokens)."""
+        fresh: list[Segment] = []
+        for seg in reversed(self.segments):
+            if seg.start != 0:
+                break
+            fresh.append(seg)
+        fresh.reverse()
+        if len(fresh) < 2 or sum(s.n for s in fresh) > FRESH_BLOCK_MAX:
+            return []
+        return fresh
+
+    def fresh_mask(self, fresh: list[Segment], chunk: int | None) -> torch.Tensor:
+        """(L, L) bool over the block's packed rows: same prompt, key position <= query position, same chunk."""
+        if chunk in self._fresh:
+            return self._fresh[chunk]
+        d = self.device
+        seg_id = torch.cat([torch.full((s.n,), i, device=d) for i, s in enumerate(fresh)])
+        pos = torch.cat([torch.arange(s.n, device=d) for s in fresh])
+        mask = (seg_id[:, None] == seg_id[None, :]) & (pos[None, :] <= pos[:, None])
+        if chunk is not None:
+            mask &= (pos[None, :] // chunk) == (pos[:, None] // chunk)
+        self._fresh[chunk] = mask
+        return mask
 
     def single(self, chunk: int | None, num_slots: int) -> tuple:
         """Tensors of the 1-token rows for layers of chunk size ``chunk`` (computed once per step, per kind)."""
@@ -131,10 +167,43 @@ class SlotKV:
         out = q.new_empty(q.shape)
         if n1:
             out[:n1] = self._attend_single(layer, q[:n1], k[:n1], v[:n1], plan)
-        for seg in plan.segments:
+        fresh = plan.fresh_block()
+        for seg in plan.segments[: len(plan.segments) - len(fresh)]:
             sl = slice(seg.offset, seg.offset + seg.n)
             out[sl] = self._attend_segment(layer, q[sl], k[sl], v[sl], seg)
+        if fresh:
+            sl = slice(fresh[0].offset, fresh[-1].offset + fresh[-1].n)
+            out[sl] = self._attend_fresh(layer, q[sl], k[sl], v[sl], fresh, plan)
         return out[None]
+
+    def _attend_fresh(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fresh: list[Segment], plan: StepPlan
+    ) -> torch.Tensor:
+        """Fresh prompts packed end to end, (L, h, D) each: one masked attention, then each prompt's keys go to
+        its slot (all of them on full layers; the last chunk's on chunked layers, at position mod chunk)."""
+        chunk = self.chunk[layer]
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=plan.fresh_mask(fresh, chunk),
+            enable_gqa=True,
+        )[0].transpose(0, 1)
+        base = fresh[0].offset
+        kt, vt = k.transpose(0, 1), v.transpose(0, 1)  # (h, L, D)
+        for seg in fresh:
+            a = seg.offset - base
+            m = seg.n if chunk is None else min(seg.n, chunk)
+            first = seg.n - m  # only the last chunk's keys can still be seen by later tokens
+            w0 = first if chunk is None else first % chunk
+            if chunk is None or w0 + m <= chunk:
+                self.k[layer][seg.slot, :, w0 : w0 + m] = kt[:, a + first : a + seg.n]
+                self.v[layer][seg.slot, :, w0 : w0 + m] = vt[:, a + first : a + seg.n]
+            else:  # the last chunk's keys wrap around the slot's chunk buffer
+                idx = torch.arange(first, seg.n, device=k.device) % chunk
+                self.k[layer][seg.slot][:, idx] = kt[:, a + first : a + seg.n]
+                self.v[layer][seg.slot][:, idx] = vt[:, a + first : a + seg.n]
+        return o
 
     def _attend_single(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan

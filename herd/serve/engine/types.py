@@ -108,6 +108,31 @@ class RequestOutput:
     ttft_s: float | None = None  # last delta only: arrival -> first generated token
     latency_s: float | None = None  # last delta only: arrival -> finished
 
+    def then(self, later: RequestOutput) -> RequestOutput:
+        """This delta followed by ``later`` as one delta (a stream consumer that fell behind the step loop gets
+        what is ready in one piece: fewer, larger chunks, the same tokens and text)."""
+
+        def cat(a: list | None, b: list | None) -> list | None:
+            return None if a is None and b is None else [*(a or []), *(b or [])]
+
+        return RequestOutput(
+            self.request_id,
+            [*self.token_ids, *later.token_ids],
+            self.text + later.text,
+            cat(self.logprobs, later.logprobs),
+            cat(self.top_logprobs, later.top_logprobs),
+            self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+            self.prompt_top_logprobs if self.prompt_top_logprobs is not None else later.prompt_top_logprobs,
+            later.finished,
+            later.finish_reason,
+            later.stop_reason,
+            later.num_prompt_tokens,
+            later.num_output_tokens,
+            self.prompt_greedy if self.prompt_greedy is not None else later.prompt_greedy,
+            later.ttft_s,
+            later.latency_s,
+        )
+
 
 @dataclass
 class Completion:
