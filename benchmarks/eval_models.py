@@ -1,12 +1,16 @@
 """Evaluate pipeline models on every suite and time each model: the numbers in docs/benchmarks.md (evaluate).
 
     python benchmarks/eval_models.py --store $HERD_HOME/artifacts [--recipe tiny] [--threads 2] [--out bench/]
+    python benchmarks/eval_models.py --store ... --roles dpo,int4 --generation engine,static   # side by side
 
-Finds the newest finished ``pretrain.train`` / ``distill.train`` (and any other role-declaring step) models and
-the data flow's tasks / tokenizer / corpus / validation artifacts in the store, builds the eval set exactly as
-``evaluate.evalset`` does, and runs ``herd.eval.run.evaluate_model`` on each model in this process (the evaluate
-flow runs the same function in one Ray task per model). Prints one markdown table: each suite's headline score
-with its 95% CI, the seconds per suite and per model, and the paired comparison of each model to its parent.
+Finds the newest finished model of every role-declaring step (teacher, student, sft, rl, dpo, int8, int4, ...)
+and the data flow's tasks / tokenizer / corpus / validation artifacts in the store, builds the eval set exactly
+as ``evaluate.evalset`` does, and runs ``herd.eval.run.evaluate_model`` on each model in this process, with the
+evaluate flow's choice of which models get NIAH and pass@k (``evaluate.full_suites_on``: the final model and
+its parent) unless ``--heavy all``. Each ``--generation`` backend (the serve engine, or the static
+``herd.model.generate`` batches) runs every model, interleaved model by model so both see the same load.
+Prints per model: load time, wall / CPU seconds per suite, the total; then the comparison report (scores with
+95% CIs, paired tests against the parent) of the first backend, and the load average.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ def main() -> None:
     ap.add_argument("--recipe", default="tiny")
     ap.add_argument("--set", action="append", default=[], help="recipe override section.key=value")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--roles", default="", help="comma-separated roles to run (default: every model found)")
+    ap.add_argument("--heavy", choices=["flow", "all"], default="flow",
+                    help="NIAH + pass@k as the evaluate flow chooses (final model and parent) or on all")
+    ap.add_argument("--generation", default="engine", help="comma-separated: engine, static")
+    ap.add_argument("--scoring", default="forward", help="comma-separated, paired with --generation: forward, engine")
     ap.add_argument("--out", default="bench-eval")
     args = ap.parse_args()
 
@@ -42,8 +51,9 @@ def main() -> None:
     from herd.eval.lm import HerdLM
     from herd.eval.report import ModelResults, build_report
     from herd.eval.run import evaluate_model, uses_chat
+    from herd.flows import model_outputs
+    from herd.flows.evaluate import heavy_refs
     from herd.platform.config import load_recipe
-    from herd.platform.modelref import step_roles
     from herd.platform.store import ArtifactStore
 
     torch.set_num_threads(args.threads)
@@ -60,39 +70,61 @@ def main() -> None:
                            out / "evalset", cfg, seq_len=recipe.data.packing.seq_len,
                            corpus_dir=store.get(clean["corpus"]).local_path() if clean else None)
     print(f"eval set {counts} in {time.perf_counter() - t0:.1f}s")
-    roles = step_roles(recipe)
-    models, digests = [], {}
-    for ref, role in roles.items():
-        step, output = ref.rsplit(".", 1)
+    found = []
+    for m in model_outputs(recipe, before="evaluate"):
+        step, output = m.ref.rsplit(".", 1)
         outs = newest_outputs(root, step)
-        if not outs or output not in outs:
+        if outs and output in outs:
+            found.append((m, store.get(outs[output])))
+    heavy = heavy_refs([m for m, _ in found], "all" if args.heavy == "all" else cfg.full_suites_on)
+    wanted = set(filter(None, args.roles.split(",")))
+    backends = list(zip(args.generation.split(","), (args.scoring.split(",") * 9)[:len(args.generation.split(","))],
+                        strict=True))
+    models: dict[tuple[str, str], list[ModelResults]] = {b: [] for b in backends}
+    digests: dict[str, str] = {}
+    totals: dict[tuple[str, str], float] = dict.fromkeys(backends, 0.0)
+    loads = []
+    for m, art in found:
+        digests[m.ref] = art.digest
+        if wanted and m.role not in wanted:
             continue
-        art = store.get(outs[output])
-        t0 = time.perf_counter()
-        lm = HerdLM.load(art.local_path(), batch_size=cfg.batch_size)
-        load_s = time.perf_counter() - t0
-        cpu: dict[str, float] = {}
-        mark = [time.process_time()]
+        for gen, sc in backends:
+            t0 = time.perf_counter()
+            lm = HerdLM.load(art.local_path(), batch_size=cfg.batch_size, generation=gen, scoring=sc)
+            load_s = time.perf_counter() - t0
+            cpu: dict[str, float] = {}
+            mark = [time.process_time()]
 
-        def on_suite(name: str, r, cpu=cpu, mark=mark) -> None:  # CPU seconds: robust to a shared, loaded box
-            now = time.process_time()
-            cpu[name], mark[0] = now - mark[0], now
+            def on_suite(name: str, r, cpu=cpu, mark=mark) -> None:  # CPU seconds: robust to a shared box
+                now = time.process_time()
+                cpu[name], mark[0] = now - mark[0], now
 
-        res = evaluate_model(lm, out / "evalset", cfg, val_dir=store.get(data["pretrain_val"]).local_path(),
-                             chat=uses_chat(role), heavy=True, on_suite=on_suite)
-        total = time.perf_counter() - t0
-        parent = next((digests[p] for p in art.manifest.parents if p in digests), None)
-        digests[art.digest] = art.digest
-        models.append(ModelResults(f"{role} [{art.digest[:8]}]", role, art.digest, res, parent=parent,
-                                   seconds=total))
-        times = ", ".join(f"{k} {r.seconds:.1f}s wall / {cpu[k]:.1f}s cpu" for k, r in res.items() if not r.skipped)
-        print(f"{role}: {lm.model.config.num_params() / 1e6:.1f}M params, load {load_s:.1f}s, {times}, total "
-              f"{total:.1f}s")
-    summary = build_report(models, out / "report", seq_len=recipe.data.packing.seq_len)
+            res = evaluate_model(lm, out / "evalset", cfg, val_dir=store.get(data["pretrain_val"]).local_path(),
+                                 chat=uses_chat(m.role), heavy=m.ref in heavy, on_suite=on_suite)
+            total = time.perf_counter() - t0
+            totals[(gen, sc)] += total
+            loads.append(os.getloadavg()[0])
+            models[(gen, sc)].append(ModelResults(f"{m.role} [{art.digest[:8]}]", m.role, art.digest, res,
+                                                  parent=digests.get(m.parent or ""), seconds=total))
+            times = ", ".join(f"{k} {r.seconds:.1f}/{cpu[k]:.1f}" for k, r in res.items() if not r.skipped)
+            print(f"[{gen}/{sc}] {m.role}{' (NIAH + pass@k)' if m.ref in heavy else ''}: "
+                  f"{lm.model.config.num_params() / 1e6:.1f}M params, load {load_s:.1f}s, suites wall/cpu s: "
+                  f"{times}; total {total:.1f}s", flush=True)
+            del lm
+    for b, t in totals.items():
+        print(f"[{b[0]}/{b[1]}] all models: {t:.1f}s")
+    first = models[backends[0]]
+    build_report(first, out / "report", seq_len=recipe.data.packing.seq_len, confidence=cfg.confidence,
+                 seed=cfg.seed)
     print((out / "report" / "report.md").read_text())
-    print(f"threads={args.threads} cpus={os.cpu_count()} load={os.getloadavg()}")
-    print(json.dumps({m.role: {k: r.seconds for k, r in m.suites.items()} for m in models}))
-    _ = summary
+    if len(backends) > 1:  # same answers? (greedy generation must agree; sampled pass@k need not)
+        for a, b in zip(first, models[backends[1]], strict=True):
+            for s, r in a.suites.items():
+                if r.skipped or s not in b.suites:
+                    continue
+                print(f"{a.label} {s}: {backends[0]} {r.primary_score} vs {backends[1]} {b.suites[s].primary_score}")
+    print(f"threads={args.threads} cpus={os.cpu_count()} load during models={[round(x, 1) for x in loads]} "
+          f"now={os.getloadavg()}")
 
 
 if __name__ == "__main__":

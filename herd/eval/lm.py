@@ -5,20 +5,27 @@
     lm.loglikelihood([(context_ids, continuation_ids)])      # -> [(sum logprob, continuation is greedy)]
     lm.token_nll(rows, masks)                                # -> [(sum nll over target tokens, count)]
 
-Every suite goes through this class, so moving generation to the serve engine (herd.serve.engine's batched
-``generate_batch`` / ``score``) is a change of this file only. Today: ``herd.model.generate`` (batched prefill
-into a static KV cache, one-token decode steps, finished rows dropped from the batch) and a plain batched
-forward for scoring. Rows are RIGHT-padded, which is exact here: attention is causal and MoE routing is per
-token (no capacity limit), so pad tokens after a row's end cannot change its logits. Requests are sorted by
-length and cut into batches by count and by a token budget, so a batch of 2k-token haystacks does not
-allocate what a batch of 40-token questions may.
+Every suite goes through this class. Text generation runs on the serve engine (``herd.serve.engine``'s
+continuously batched ``Engine.generate_batch``, what ``herd serve`` answers with), so the eval scores what is
+served: a row that stops frees its slot for the next prompt at once instead of idling until its static batch
+ends. The engine's ``token_ids`` end with the stop token that finished them (vLLM's convention); here the
+stop token is dropped, as ``herd.model.generate`` does, so answers are the same ids either way
+(``tests/eval/test_lm_engine.py``). Prompts with image tiles (image QA) use ``herd.model.generate`` (the engine
+takes token ids only). Scoring is a plain batched forward (``generation="engine"`` keeps it: measured faster
+than ``Engine.score``, see docs/benchmarks.md, evaluate). Forward rows are RIGHT-padded, which is exact:
+attention is causal and MoE routing is per token (no capacity limit), so pad tokens after a row's end cannot
+change its logits. Requests are sorted by length and cut into batches by count and by a token budget, so a
+batch of 2k-token haystacks does not allocate what a batch of 40-token questions may.
+
+Checkpoints load in float32; a compressed-tensors export (int8 / int4) is dequantized exactly, so a variant
+and its parent differ by their weights only (see ``load``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +35,35 @@ from herd.model import Llama4
 BOS = 0
 BOT = "<|begin_of_text|>"
 EOT_IDS = (1, 4, 5)  # <|end_of_text|>, <|eom|>, <|eot|> (docs/architecture.md: fixed special-token ids)
+Generation = Literal["engine", "static"]
+Scoring = Literal["forward", "engine"]
 
 
 class HerdLM:
     """A loaded model + tokenizer with the batched primitives the suites need."""
 
-    def __init__(self, model: Llama4, tokenizer: Any, *, batch_size: int = 32, max_batch_tokens: int = 16384):
+    def __init__(self, model: Llama4, tokenizer: Any, *, batch_size: int = 32, max_batch_tokens: int = 16384,
+                 generation: Generation = "engine", scoring: Scoring = "forward", step_tokens: int = 4096,
+                 kv_cache_bytes: int = 512 * 2**20):
+        if generation not in ("engine", "static") or scoring not in ("engine", "forward"):
+            raise ValueError(f"generation={generation!r} / scoring={scoring!r}: use generation 'engine' or "
+                             "'static', scoring 'forward' or 'engine'")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.generation, self.scoring = generation, scoring
+        self.step_tokens = step_tokens  # engine: tokens per step (prefill chunks + decodes); fewer, bigger steps
+        self.kv_cache_bytes = kv_cache_bytes  # engine: the slot pool is sized to stay within this
         self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        self.device = next(model.parameters()).device
+        emb = getattr(getattr(model, "model", None), "embed_tokens", None)  # quantized Linears may hold ints
+        self.device = emb.weight.device if emb is not None else next(model.parameters()).device
 
     @classmethod
     def load(cls, model_dir: str | Path, *, batch_size: int = 32, threads: int = 0,
-             tokenizer_dir: str | Path | None = None) -> HerdLM:
-        """Load a checkpoint directory (``herd.model.load_hf``) and the tokenizer saved beside it."""
+             tokenizer_dir: str | Path | None = None, **kw: Any) -> HerdLM:
+        """Load a checkpoint directory in float32 (a quantized export's weights dequantized exactly) and the
+        tokenizer saved beside it. ``kw``: the constructor's (``generation``, ``scoring``, ...)."""
         from tokenizers import Tokenizer
 
         from herd.model import load_hf
@@ -56,7 +75,11 @@ class HerdLM:
         if not tok_file.exists():
             raise FileNotFoundError(f"no tokenizer.json in {tok_file.parent}: evaluation needs the tokenizer saved "
                                     "with the model (herd's save_hf(tokenizer=...) or save_pretrained)")
-        return cls(load_hf(model_dir), Tokenizer.from_file(str(tok_file)), batch_size=batch_size)
+        # float32 for every model, so a parent and its int8 / int4 variant differ by their weights only. Not
+        # herd.quantize's packed kernels: on this CPU their float32 path ran 10x slower than the dense model (int4
+        # tiny, 128 prompts: 10.9 vs 0.95 CPU s) and their bf16 path adds bf16 activations to the comparison.
+        model = load_hf(model_dir, dtype=torch.float32)
+        return cls(model, Tokenizer.from_file(str(tok_file)), batch_size=batch_size, **kw)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------- text
     # Prompts are encoded exactly as training encoded text: special tokens by id, text with special-token
@@ -131,7 +154,12 @@ class HerdLM:
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int | None = None, stop_tokens: Sequence[int] = EOT_IDS,
                  pixel_values: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
-        """New token ids per prompt (greedy at temperature 0). ``pixel_values[i]``: prompt i's image tiles."""
+        """New token ids per prompt, the stop token excluded (greedy at temperature 0; sampled rows are seeded
+        ``seed + i`` per prompt on the engine). ``pixel_values[i]``: prompt i's image tiles."""
+        if not prompts:
+            return []
+        if self.generation == "engine" and pixel_values is None:
+            return self._generate_engine(prompts, max_new_tokens, temperature, seed, stop_tokens)
         from herd.model.generate import SamplingParams, generate
 
         out: list[list[int]] = [[] for _ in prompts]
@@ -147,6 +175,45 @@ class HerdLM:
                 out[i] = g.tokens
         return out
 
+    def _engine(self, max_len: int, n: int) -> Any:
+        """An engine over this model for ``n`` sequences of up to ``max_len`` tokens: as many slots as the batch
+        size allows within ``kv_cache_bytes`` (every slot holds max_len float32 keys and values per layer).
+        The engine gets no tokenizer: answers are decoded here, once, not incrementally per token."""
+        from herd.serve.engine import Engine, EngineConfig
+
+        cfg = self.model.config
+        kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
+        slots = max(1, min(self.batch_size, n, self.kv_cache_bytes // (kv_per_token * max_len)))
+        return Engine(self.model, None, EngineConfig(max_num_seqs=slots, max_model_len=max_len,
+                                                     max_num_batched_tokens=max(self.step_tokens, slots)))
+
+    def _generate_engine(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+                         seed: int | None, stop_tokens: Sequence[int]) -> list[list[int]]:
+        """``Engine.generate_batch`` per length class (prompts within 2x of each other), the slot pool sized to
+        the class: a decode step attends over the longest live row, so 128-token questions do not decode beside
+        2k-token haystacks."""
+        from herd.serve.engine import SamplingParams as EngineParams
+
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[list[int]] = [[] for _ in prompts]
+        while order:
+            cut = next((j for j, i in enumerate(order) if len(prompts[i]) > 2 * len(prompts[order[0]])), len(order))
+            group, order = order[:cut], order[cut:]
+            engine = self._engine(len(prompts[group[-1]]) + max_new_tokens, len(group))
+            try:
+                params = [EngineParams(max_tokens=max_new_tokens, temperature=temperature,
+                                       seed=None if seed is None or temperature == 0 else seed + i,
+                                       stop_token_ids=list(stop_tokens), ignore_eos=True) for i in group]
+                done = engine.generate_batch([list(prompts[i]) for i in group], params)
+            finally:
+                engine.shutdown()  # removes its lm_head hook: the model is shared with the next engine
+            for i, c in zip(group, done, strict=True):
+                ids = list(c.token_ids)
+                if c.finish_reason == "stop" and isinstance(c.stop_reason, int) and ids and ids[-1] == c.stop_reason:
+                    ids.pop()  # the engine keeps the stop token (vLLM's convention); answers end before it
+                out[i] = ids
+        return out
+
     # ---------------------------------------------------------------------------------------- scoring
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
@@ -157,6 +224,8 @@ class HerdLM:
         for (c, x), r in zip(requests, rows, strict=True):
             if not c or not x:
                 raise ValueError("loglikelihood needs a non-empty context (start it with bos) and continuation")
+        if self.scoring == "engine":
+            return [s.loglikelihood(len(c)) for s, (c, _) in zip(self._score_engine(rows), requests, strict=True)]
         out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
         for batch in self._batches([len(r) for r in rows]):
             logits = self.model(self._pad([rows[i] for i in batch])).logits.float()
@@ -171,11 +240,25 @@ class HerdLM:
                 out[i] = (float(ll), greedy)
         return out
 
+    def _score_engine(self, rows: Sequence[Sequence[int]]) -> list[Any]:
+        """``Engine.score`` of every row (teacher-forced per-token logprobs), one engine sized to the longest."""
+        engine = self._engine(max(len(r) for r in rows), len(rows))
+        try:
+            return engine.score([list(r) for r in rows])
+        finally:
+            engine.shutdown()
+
     @torch.inference_mode()
     def token_nll(self, rows: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None
                   ) -> list[tuple[float, int]]:
         """Per row: summed next-token NLL over target positions (``mask[t+1] == 1``), and their count."""
         out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        if self.scoring == "engine":
+            for i, sc in enumerate(self._score_engine(rows)):
+                m = [1] * len(rows[i]) if masks is None else list(masks[i])
+                lps = [-lp for lp, w in zip(sc.token_logprobs[1:], m[1:], strict=True) if w and lp is not None]
+                out[i] = (float(sum(lps)), len(lps))
+            return out
         for batch in self._batches([len(r) for r in rows]):
             ids = self._pad([rows[i] for i in batch])
             logits = self.model(ids[:, :-1]).logits.float()
@@ -188,4 +271,4 @@ class HerdLM:
         return out
 
 
-__all__ = ["BOS", "BOT", "EOT_IDS", "HerdLM"]
+__all__ = ["BOS", "BOT", "EOT_IDS", "Generation", "HerdLM", "Scoring"]

@@ -41,3 +41,10 @@ def test_metrics_land_on_the_logged_model_and_show_reads_them(tmp_path: Path) ->
     cell = summary["rows"][1]["suites"]["multiple_choice"]
     assert cell["value"] == 0.4 and cell["n"] == 100
     assert render_table(summary).row_count == 2
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render_table(summary))  # what `herd eval show` prints: model, stage, score [CI] per suite
+    text = console.export_text()
+    lo, hi = cell["lo"], cell["hi"]
+    assert "student" in text and "teacher" in text and f"0.400 [{lo:.3f}, {hi:.3f}]" in text
