@@ -94,9 +94,9 @@ def build_app(specs: list[ModelSpec], deploy: DeployConfig) -> Any:
     if len(set(ids)) != len(ids):
         raise DeployError(f"model ids {ids} repeat; each served model needs its own name")
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
-    from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
+    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard  # no public name in Ray 2.60
     from ray.serve.llm import build_llm_deployment
+    from ray.serve.llm.ingress import make_fastapi_ingress
 
     from herd.serve.ingress import ENDPOINTS, HerdIngress, make_app
 

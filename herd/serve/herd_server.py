@@ -26,14 +26,11 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionResponse,
-    CompletionResponse,
-    ErrorInfo,
-    ErrorResponse,
-)
+# The one private import: Ray 2.60 publishes ``LLMServer`` (whose ``server_cls`` hook this module fills) but not
+# the ``LLMEngine`` protocol its engine must implement; ``ray.serve.llm`` has no public name for it.
 from ray.llm._internal.serve.core.engine.protocol import LLMEngine
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.openai_api_models import ChatCompletionResponse, CompletionResponse, ErrorResponse
 
 from herd.serve.config import DeployConfig
 
@@ -80,7 +77,7 @@ def _load_engine(path: str, cfg: Any, dtype: Any) -> Any:
 
 
 def _error(message: str, status: int = 400, param: str | None = None, type_: str = "BadRequestError") -> Any:
-    return ErrorResponse(error=ErrorInfo(message=message, type=type_, code=status, param=param))
+    return ErrorResponse(error={"message": message, "type": type_, "code": status, "param": param})
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -185,13 +182,16 @@ class HerdEngine(LLMEngine):
                 t.cancel()
 
     def _check(self, prompts: list[list[int]], params: Any) -> Any:
-        from herd.serve.engine import EngineRequestError
+        from herd.serve.engine import EngineOverloadedError, EngineRequestError
 
         try:
             for ids in prompts:
                 self.engine.check_request(ids, params)
+            self.engine.check_capacity()  # up front: once a stream started, its status is 200
         except EngineRequestError as e:
             return _error(str(e), 400, getattr(e, "param", None))
+        except EngineOverloadedError as e:
+            return _error(f"herd engine overloaded: {e}; retry shortly", 503, None, "ServiceUnavailableError")
         return None
 
     def _mapped(self, e: Exception) -> Any:

@@ -28,14 +28,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    OpenAIHTTPException,
-)
-from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
+
+# Private imports, each because Ray 2.60's public ``ray.serve.llm`` has no name for it: the model card type the
+# ingress returns, the exception Ray's server raises for engine errors (mapped to OpenAI JSON below), and the
+# endpoint map herd's extends (Ray's public builder hard-codes it).
+from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard, OpenAIHTTPException
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.serve.exceptions import BackPressureError
+from ray.serve.llm.ingress import OpenAiIngress
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -50,6 +51,7 @@ class _Guard:
 
     api_key_sha256: str | None = None
     max_body_bytes: int = 2 * 1024**2
+    retry_after: str = "1"
     latency = None
     requests = None
 
@@ -144,7 +146,8 @@ def make_app() -> FastAPI:
         status = int(e.status_code) if 400 <= int(e.status_code) < 600 else 500
         code = {400: "invalid_parameter", 404: "not_found", 408: "timeout", 429: "rate_limited",
                 503: "overloaded"}.get(status)
-        return _json(status, error_body(e.message, e.type or "invalid_request_error", None, code))
+        headers = {"retry-after": _Guard.retry_after} if status in (429, 503) else None  # an engine's overload
+        return _json(status, error_body(e.message, e.type or "invalid_request_error", None, code), headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -185,7 +188,7 @@ class HerdIngress(OpenAiIngress):
         _Guard.requests = metrics.Counter("herd_serve_requests", description="herd endpoint requests.",
                                           tag_keys=("route", "status"))
         self._served = dict(served or {})
-        self._retry_after = str(retry_after_s)
+        self._retry_after = _Guard.retry_after = str(retry_after_s)
         self._tok: dict[str, tuple[Any, dict[str, Any], set[str]]] = {
             mid: _tokenizer(spec["tokenizer"]) for mid, spec in self._served.items()}
 

@@ -28,6 +28,7 @@ from herd.serve.engine.core import EngineCore, Sink
 from herd.serve.engine.types import (
     Completion,
     EngineDeadError,
+    EngineOverloadedError,
     EngineRequestError,
     RequestOutput,
     SamplingParams,
@@ -122,6 +123,13 @@ class Engine:
         self.core.check(list(prompt_token_ids), params)
         if params.stop and self.tokenizer is None:
             raise EngineRequestError("stop strings need a tokenizer: build the Engine with one", "stop")
+
+    def check_capacity(self) -> None:
+        """Raise ``EngineOverloadedError`` when the waiting queue is full, as a submit would (an ingress answers
+        503 before it starts a stream). Thread-safe (reads queue lengths)."""
+        waiting = len(self.core.scheduler.waiting) + len(self._inbox)
+        if waiting >= self.config.max_waiting:
+            raise EngineOverloadedError(f"{waiting} requests are waiting (max_waiting {self.config.max_waiting})")
 
     @property
     def error(self) -> BaseException | None:
