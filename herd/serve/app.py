@@ -212,7 +212,9 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
     start = time.monotonic()
     pending_since: float | None = None
     last_msg = ""
+    polls = 0
     while True:
+        polls += 1
         st = serve.status().applications.get(app)
         status = str(getattr(st, "status", "NOT_STARTED"))
         if status.endswith("RUNNING") and _answers(url.rsplit("/v1", 1)[0] + "/health"):
@@ -221,7 +223,9 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
             detail = _status_detail(st)
             serve.delete(app, _blocking=False)
             raise DeployError(f"endpoint {app} failed to start: {detail}")
-        lacking = lacking_resources(app) or _serve_says_lacking(st)
+        # the placement-group / actor scan asks Ray's state API: every 8th poll (2 s), Serve's own message each time
+        scan = polls % 8 == 1
+        lacking = _serve_says_lacking(st) or (lacking_resources(app) if scan else [])
         if lacking:
             pending_since = pending_since or time.monotonic()
             total = ray.cluster_resources()
@@ -232,7 +236,7 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
                 raise DeployError(f"endpoint {app} cannot start ({why}): " + "; ".join(lacking)
                                   + ". Free resources (herd status; herd down) or lower deploy.num_cpus / "
                                   "deploy.num_gpus / deploy.replicas")
-        else:
+        elif scan:  # nothing lacking on a full scan: not pending (any more)
             pending_since = None
         if time.monotonic() - start > timeout_s:
             serve.delete(app, _blocking=False)
@@ -241,7 +245,7 @@ def wait_ready(app: str, url: str, *, timeout_s: float = 900.0, pending_grace_s:
         if log is not None and msg != last_msg:
             log(f"{app}: {status.split('.')[-1]} {msg}".strip())
             last_msg = msg
-        time.sleep(1.0)
+        time.sleep(0.25)  # a herd-engine app is up in seconds: poll often (each poll is one controller call)
 
 
 _SERVE_PENDING = re.compile(r"Deployment '([^']+)'.*?Resources required for each replica: (\{[^}]*\}), "

@@ -258,7 +258,9 @@ class HerdEngine(LLMEngine):
                         more = self._completion_logprobs(d.token_ids, d.logprobs, d.top_logprobs, 0)
                         lp = more if lp is None else {k: lp[k] + more[k] for k in lp}
                     usage["completion_tokens"] += len(d.token_ids)
-                    if not text and not d.finished and lp is None:
+                    # a delta of tokens with no text yet (a special token, a split character) is still sent, as
+                    # vLLM does: the client sees its first token at once (time to first token)
+                    if not text and not d.finished and lp is None and not d.token_ids:
                         continue
                     choice = {"index": i, "text": text, "logprobs": lp,
                               "finish_reason": d.finish_reason if d.finished else None}

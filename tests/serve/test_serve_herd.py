@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def served(ray_local, tiny_model):
-    yield from deploy_served(ray_local, tiny_model, "herd", num_cpus=0.5)
+    from herd.serve.config import LimitsConfig
+
+    # small limits so the overload test can shed: 8 running + 12 queued per caller, more get a 503
+    yield from deploy_served(ray_local, tiny_model, "herd", num_cpus=0.5, max_ongoing_requests=8,
+                             limits=LimitsConfig(max_queued_requests=12))
 
 
 def test_api_key_off_serves_without_key(served: Served) -> None:
@@ -75,6 +79,49 @@ def test_bounded_load_no_errors_and_still_answers(served: Served) -> None:
     counts = asyncio.run(main())
     assert len(counts) == 16 and all(c > 0 for c in counts)
     assert httpx.get(f"{served.root}/health", timeout=30).json()["status"] == "ok"
+
+
+def test_overload_sheds_503_in_openai_shape(served: Served) -> None:
+    """40 concurrent long requests against 8 running + 12 queued: the rest get 503 with OpenAI's error JSON and
+    Retry-After (never a 500, never a hang), the accepted ones finish, and the endpoint answers afterwards."""
+    body = {"model": served.model, "prompt": "overload", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300) as c:
+            return await asyncio.gather(*(c.post(f"{served.url}/completions", json=body) for _ in range(40)))
+
+    rs = asyncio.run(main())
+    codes = sorted(r.status_code for r in rs)
+    assert set(codes) == {200, 503} and codes.count(200) >= 8, codes
+    shed = next(r for r in rs if r.status_code == 503)
+    err = shed.json()["error"]
+    assert err["code"] == "overloaded" and err["type"] and "retry" in err["message"], err
+    assert int(shed.headers["retry-after"]) >= 1
+    ok = next(r for r in rs if r.status_code == 200).json()
+    assert ok["usage"]["completion_tokens"] == 200
+    assert httpx.get(f"{served.root}/health", timeout=30).json()["status"] == "ok"
+
+
+def test_request_latency_metrics_on_rays_metrics_endpoint(served: Served) -> None:
+    """The ingress's request histogram reaches Ray's Prometheus endpoint (read over HTTP), per route and status."""
+    import time
+
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    served.client().completions.create(model=served.model, prompt="metrics", max_tokens=2)
+    want = ('ray_herd_serve_request_latency_s_count', 'route="/v1/completions"', 'status="200"')
+    deadline, lines = time.monotonic() + 120, []
+    while time.monotonic() < deadline:  # Ray's agent exports what replicas reported, every few seconds
+        text = httpx.get(url, timeout=30).text
+        lines = [ln for ln in text.splitlines() if all(w in ln for w in want)]
+        if lines:
+            break
+        time.sleep(2)
+    assert lines, f"no {want[0]} for /v1/completions on {url}"
+    assert float(lines[0].rsplit(" ", 1)[1]) >= 1
+    assert any(ln.startswith("ray_herd_serve_request_latency_s_bucket") for ln in text.splitlines())
 
 
 @pytest.fixture
