@@ -68,7 +68,8 @@ class JudgeConfig(_Section):
     k: int = Field(4, ge=1, description="Samples per verifiable prompt (pass@k).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the judge (the one RL uses).")
     max_new_tokens: int = Field(40, ge=1, description="Generation budget per judged answer.")
-    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(64, ge=1, description="Answers decoded together (engine slots) and rows per "
+                            "reference-loss batch.")
     seed: int = Field(0)
 
 
@@ -139,6 +140,12 @@ class RLConfig(_TrainBase):
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference (the parent) per token; 0 = none.")
     filter_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal and refill.")
     max_refill_rounds: int = Field(3, ge=0, description="Extra generation rounds to refill dropped groups.")
+    oversample: float = Field(1.0, ge=1, description="Prompts drawn per generation round = missing groups x "
+                              "this (DAPO over-sampling): with a weak policy most groups are all-wrong, so drawing "
+                              "more up front fills the batch in one round instead of several; every group that "
+                              "survives the filter is trained.")
+    sampler: Literal["engine", "static"] = Field("engine", description="engine: herd's continuous-batching "
+                                                 "engine (herd.serve.engine); static: one static KV-cache batch.")
     format_reward: float = Field(0.1, ge=0, description="Added for a completion that ends with <|eot|> and "
                                  "states 'The answer is N.' (arithmetic) ")
     curriculum: bool = Field(True, description="Sample prompts by ledger tier (else uniformly).")

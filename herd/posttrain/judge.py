@@ -27,7 +27,7 @@ from herd.data.tokenizer import EOT_ID
 from herd.posttrain.config import JudgeConfig
 from herd.posttrain.data import Example, encode_prompt, encode_sft, pad_rows
 from herd.posttrain.rewards import Prompt, is_correct
-from herd.posttrain.rollout import sample
+from herd.posttrain.rollout import sample_engine
 
 
 @dataclass
@@ -64,18 +64,19 @@ def reference_loss(model: nn.Module, tok: Any, conversations: Sequence[Sequence[
 
 
 def pass_counts(model: nn.Module, tok: Any, prompts: Sequence[Prompt], cfg: JudgeConfig) -> list[int]:
-    """Correct samples out of cfg.k per prompt (sampled at cfg.temperature with the stop token <|eot|>)."""
+    """Correct samples out of cfg.k per prompt (sampled at cfg.temperature with the stop token <|eot|>).
+
+    All k x len(prompts) samples go through herd's continuous-batching engine at once: a finished answer frees
+    its slot for the next one, so the pass costs the tokens actually generated (most answers stop at <|eot|>
+    long before max_new_tokens), not len(batch) x the longest answer as static batches did."""
+    ids = [encode_prompt(tok, p.messages) for p in prompts for _ in range(cfg.k)]
+    outs = sample_engine(model, ids, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                         stop=[EOT_ID], seed=cfg.seed, logprobs=False, max_num_seqs=cfg.batch_size)
     counts: list[int] = []
-    per = max(cfg.batch_size // cfg.k, 1)
-    for i in range(0, len(prompts), per):
-        chunk = prompts[i:i + per]
-        ids = [encode_prompt(tok, p.messages) for p in chunk for _ in range(cfg.k)]
-        outs = sample(model, ids, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID],
-                      seed=cfg.seed * 1_000_003 + i)
-        for j, p in enumerate(chunk):
-            texts = [tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
-                     for o in outs[j * cfg.k:(j + 1) * cfg.k]]
-            counts.append(sum(is_correct(p, t) >= 0.5 for t in texts))
+    for j, p in enumerate(prompts):
+        texts = [tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
+                 for o in outs[j * cfg.k:(j + 1) * cfg.k]]
+        counts.append(sum(is_correct(p, t) >= 0.5 for t in texts))
     return counts
 
 

@@ -28,17 +28,22 @@ def eval_prompts(rows: Sequence[dict[str, Any]], capability: str, limit: int) ->
 def score_items(model: nn.Module, tok: Any, items: Sequence[Prompt], *, max_new_tokens: int = 40,
                 batch_size: int = 64) -> list[int]:
     """1 where the greedy answer is correct."""
-    from herd.model.generate import SamplingParams, generate
+    from herd.serve.engine import Engine, EngineConfig, SamplingParams
 
     model.eval()
-    out: list[int] = []
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=[EOT_ID])
-    for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        gens = generate(model, [encode_prompt(tok, p.messages) for p in chunk], params)
-        for p, g in zip(chunk, gens, strict=True):
-            out.append(int(is_correct(p, tok.decode(g.tokens, skip_special_tokens=True)) >= 0.5))
-    return out
+    prompts = [encode_prompt(tok, p.messages) for p in items]
+    if not prompts:
+        return []
+    engine = Engine(model, None, EngineConfig(max_num_seqs=min(batch_size, len(prompts)), max_num_batched_tokens=
+                                              max(512, max(map(len, prompts)) + max_new_tokens),
+                                              max_model_len=max(map(len, prompts)) + max_new_tokens))
+    try:  # continuous batching: an answer that stops early frees its slot for the next item
+        gens = engine.generate_batch(prompts, SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
+                                                             stop_token_ids=[EOT_ID], ignore_eos=True))
+    finally:
+        engine.shutdown()
+    return [int(is_correct(p, tok.decode([t for t in g.token_ids if t != EOT_ID], skip_special_tokens=True))
+                >= 0.5) for p, g in zip(items, gens, strict=True)]
 
 
 def compare(child: Sequence[int], parent: Sequence[int], prefix: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ the sampler's seeds derive from (seed, step, round, rank), so a resumed run draw
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from herd.posttrain.data import encode_prompt, pad_rows
 from herd.posttrain.grpo import group_advantages, zero_variance
 from herd.posttrain.ledger import Ledger
 from herd.posttrain.rewards import Prompt, reward
-from herd.posttrain.rollout import sample
+from herd.posttrain.rollout import sample, sample_engine
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
@@ -83,9 +84,10 @@ class RolloutSource:
             return []
         seed = int(np.random.default_rng([cfg.seed, self.step, rnd, self.rank, 2]).integers(2**62))
         device = next(self.model.parameters()).device
+        sampler = sample_engine if cfg.sampler == "engine" else sample
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outs = sample(self.model, prompt_ids, temperature=cfg.temperature,
-                          max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed)
+            outs = sampler(self.model, prompt_ids, temperature=cfg.temperature,
+                           max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed)
         groups = []
         for i, pid in enumerate(pids):
             p, members = self.prompts[pid], []
@@ -110,9 +112,11 @@ class RolloutSource:
             if max(_gather(need, self.world)) <= 0:
                 break
             rng = np.random.default_rng([cfg.seed, self.step, rnd])
-            draw = self.ledger.sample(cfg.prompts_per_step * self.world, rng, progress=progress, cfg=cfg.tiers,
+            per_rank = math.ceil(cfg.prompts_per_step * cfg.oversample)
+            draw = self.ledger.sample(per_rank * self.world, rng, progress=progress, cfg=cfg.tiers,
                                       capabilities=cfg.capabilities, curriculum=cfg.curriculum)
-            mine = draw[self.rank::self.world][:max(need, 0)]
+            draw = [draw[i] for i in rng.permutation(len(draw))]  # the draw is grouped by capability: mix it
+            mine = draw[self.rank::self.world][:math.ceil(max(need, 0) * cfg.oversample)]
             groups = self._groups(mine, rnd)
             rounds += 1
             outcome = [(g["prompt_id"], int(sum(m["correct"] >= 0.5 for m in g["members"])), len(g["members"]))

@@ -13,7 +13,12 @@ places and nothing else (no top-k / top-p: they would make the sampled distribut
 ms-swift #8442). The model samples in eval() so MoE load counts stay clean; the router bias only moves in the
 trainer's update after the optimizer step, so it is frozen between sampling a batch and training on it.
 
-This is the one adapter the RL stage rolls out through; herd's continuous-batching engine plugs in here later.
+`sample_engine` is the same contract through herd's continuous-batching engine (herd.serve.engine): one packed
+forward per step over every live row, finished rows leave at once and waiting ones take their slot, so a batch
+whose completions end at different lengths wastes no decode steps (the static sampler decodes every row until the
+longest is done). Rows keep their own positions 0..len-1, so the trainer's forward still matches them. The
+engine's log-probs are the raw softmax's, equal to the sampler's at temperature 1 (the RL default); at any other
+temperature they are rescored here. Which one RL uses is `posttrain.rl.sampler`; the judge always uses the engine.
 """
 
 from __future__ import annotations
@@ -74,6 +79,43 @@ def sample(model: nn.Module, prompts: Sequence[Sequence[int]], *, temperature: f
         model.train(was_training)
 
 
+@torch.inference_mode()
+def sample_engine(model: nn.Module, prompts: Sequence[Sequence[int]], *, temperature: float, max_new_tokens: int,
+                  stop: Sequence[int], seed: int, logprobs: bool = True, max_num_seqs: int = 64) -> list[Sample]:
+    """`sample` through herd's engine. Deterministic for a given seed and prompt list: a fresh engine whose one
+    shared generator is seeded with `seed` and a fixed submission order (the scheduler is deterministic)."""
+    if temperature <= 0:
+        raise ValueError(f"rollout temperature must be > 0 (got {temperature}); greedy has no log-probs to train")
+    if not prompts:
+        return []
+    from herd.serve.engine import Engine, EngineConfig, SamplingParams
+
+    was_training = model.training
+    model.eval()
+    longest = max(map(len, prompts)) + max_new_tokens
+    n = min(max_num_seqs, len(prompts))
+    engine = Engine(model, None, EngineConfig(max_num_seqs=n, max_model_len=longest, seed=seed,
+                                              max_num_batched_tokens=max(512, n, longest)))
+    try:
+        # only `stop` ends a row (ignore_eos): the same stop set as the static sampler, whose rows RL trains on
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, stop_token_ids=list(stop),
+                                ignore_eos=True, logprobs=0 if logprobs else None, skip_special_tokens=False)
+        # the engine's KV slots hold the weights' dtype and do not take bf16 writes: it samples in the weights'
+        # precision even under the trainer's autocast (the gap to a bf16 trainer is what logp_gap/* reports)
+        dev = next(model.parameters()).device.type
+        with torch.autocast(dev, enabled=False):
+            outs = engine.generate_batch([list(p) for p in prompts], params)
+    finally:
+        engine.shutdown()
+        model.train(was_training)
+    samples = [Sample(list(o.token_ids), list(o.logprobs or []), o.finish_reason == "stop") for o in outs]
+    if logprobs and temperature != 1.0:  # the engine reports raw log-softmax; RL needs the tempered one
+        for s_, p in zip(samples, prompts, strict=True):
+            ids = torch.tensor([list(p) + s_.tokens])
+            s_.logprobs = token_logprobs(model, ids, temperature)[0, len(p) - 1:].tolist()
+    return samples
+
+
 def token_logprobs(model: nn.Module, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) at `temperature`, (B, S-1), fp32; rows start at position 0
     (right padding), as the sampler's. Gradients flow (this is the trainer side)."""
@@ -83,4 +125,4 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor, temperature: float
     return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
-__all__ = ["Sample", "sample", "token_logprobs"]
+__all__ = ["Sample", "sample", "sample_engine", "token_logprobs"]

@@ -108,15 +108,16 @@ def onpolicy_pairs(model: torch.nn.Module, tok: Any, prompts: list[Prompt], cfg:
     """DPO pairs from the policy's own rollouts: per prompt, a correct answer (chosen) and an incorrect one
     (rejected); ties among the correct ones go to the one with the right format, then the shortest, and among
     the incorrect ones to the longest (the most wasteful mistake)."""
-    from herd.posttrain.rollout import sample
+    from herd.posttrain.rollout import sample, sample_engine
 
     rng = np.random.default_rng(seed)
     pick = [prompts[i] for i in rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)]
     G, pairs = cfg.group_size, []
-    for i in range(0, len(pick), 8):
-        chunk = pick[i:i + 8]
-        outs = sample(model, [encode_prompt(tok, p.messages) for p in chunk for _ in range(G)],
-                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed + i)
+    sampler = sample_engine if cfg.sampler == "engine" else sample
+    for i in range(0, len(pick), 64):
+        chunk = pick[i:i + 64]
+        outs = sampler(model, [encode_prompt(tok, p.messages) for p in chunk for _ in range(G)],
+                       temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed + i)
         for j, p in enumerate(chunk):
             cands = []
             for o in outs[j * G:(j + 1) * G]:

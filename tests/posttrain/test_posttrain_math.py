@@ -14,7 +14,7 @@ from herd.posttrain.config import CurriculumConfig
 from herd.posttrain.dpo import DPOObjective, dpo_loss
 from herd.posttrain.grpo import GRPOObjective, group_advantages, policy_loss, zero_variance
 from herd.posttrain.ledger import Ledger, tier_mix, tier_of
-from herd.posttrain.rollout import sample, token_logprobs
+from herd.posttrain.rollout import sample, sample_engine, token_logprobs
 from herd.train.losses import Batch
 
 
@@ -150,14 +150,16 @@ def model() -> Llama4:
     return Llama4(cfg)
 
 
-def test_sampler_and_trainer_logprobs_agree(model: Llama4) -> None:
+@pytest.mark.parametrize("sampler", [sample, sample_engine], ids=["static", "engine"])
+def test_sampler_and_trainer_logprobs_agree(model: Llama4, sampler) -> None:
     """The rollout's log-probs equal the trainer's forward on prompt+completion (fp32, 1e-5), across chunk
     boundaries (prompts + completions > chunk 8), several prompt lengths, temperature 0.7 and MoE routing;
-    the stop token is part of the completion when it fires."""
+    the stop token is part of the completion when it fires. Both samplers (static KV cache and herd's
+    continuous-batching engine) keep this contract."""
     g = torch.Generator().manual_seed(0)
-    prompts = [[0] + torch.randint(13, 64, (n,), generator=g).tolist() for n in (3, 9, 5, 14)]
+    prompts = [[0] + torch.randint(13, 64, (n,), generator=g).tolist() for n in (3, 9, 5, 14)] * 2
     model.train()  # the sampler switches to eval() itself and restores the mode
-    outs = sample(model, prompts, temperature=0.7, max_new_tokens=12, stop=[5], seed=3)
+    outs = sampler(model, prompts, temperature=0.7, max_new_tokens=12, stop=[5], seed=3)
     assert model.training
     assert [len(o.tokens) for o in outs] == [len(o.logprobs) for o in outs]
     for p, o in zip(prompts, outs, strict=True):
@@ -168,13 +170,15 @@ def test_sampler_and_trainer_logprobs_agree(model: Llama4) -> None:
             lp = token_logprobs(model, ids, temperature=0.7)[0, len(p) - 1:]
         torch.testing.assert_close(lp, torch.tensor(o.logprobs), rtol=0, atol=1e-5)
     # the same seed and prompts give the same samples (resume reproducibility)
-    again = sample(model, prompts, temperature=0.7, max_new_tokens=12, stop=[5], seed=3)
+    again = sampler(model, prompts, temperature=0.7, max_new_tokens=12, stop=[5], seed=3)
     assert [o.tokens for o in again] == [o.tokens for o in outs]
+    assert any(o.stopped for o in outs) and any(not o.stopped for o in outs)  # both endings were exercised
 
 
-def test_grpo_objective_reports_zero_gap_on_its_own_samples(model: Llama4) -> None:
+@pytest.mark.parametrize("sampler", [sample, sample_engine], ids=["static", "engine"])
+def test_grpo_objective_reports_zero_gap_on_its_own_samples(model: Llama4, sampler) -> None:
     prompt = [0, 20, 21, 22]
-    outs = sample(model, [prompt] * 2, temperature=1.0, max_new_tokens=6, stop=[5], seed=1)
+    outs = sampler(model, [prompt] * 2, temperature=1.0, max_new_tokens=6, stop=[5], seed=1)
     L = max(len(prompt) + len(o.tokens) for o in outs)
     ids = torch.full((2, L), 12)
     mask, adv, slp = torch.zeros(2, L), torch.zeros(2, L), torch.zeros(2, L)

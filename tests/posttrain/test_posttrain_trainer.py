@@ -124,6 +124,22 @@ def test_rl_rollouts_filter_and_ledger(tok) -> None:
     assert m["rollout/groups_kept"] <= cfg.prompts_per_step
 
 
+def test_rl_oversampling_fills_the_batch_in_fewer_rounds(tok) -> None:
+    """oversample=3 draws three times the missing prompts per round: more groups are seen (and ledgered) in the
+    first round, every one that survives the filter is trained, and the static sampler gives the same structure."""
+    base = _rl_cfg(steps=1, max_refill_rounds=0)
+    _, one = _rl_trainer(tok, base)
+    m1 = one._rollout_batch()[0]["stats"]
+    _, three = _rl_trainer(tok, base.model_copy(update={"oversample": 3.0}))
+    m3 = three._rollout_batch()[0]["stats"]
+    assert m1["rollout/groups_seen"] == base.prompts_per_step
+    assert m3["rollout/groups_seen"] == 3 * base.prompts_per_step
+    assert sum(e.attempts for e in three.ledger.entries.values()) == 3 * base.prompts_per_step * base.group_size
+    assert m3["rollout/groups_kept"] == pytest.approx(m3["rollout/groups_seen"] * (1 - m3["rollout/zero_var_frac"]))
+    _, static = _rl_trainer(tok, base.model_copy(update={"sampler": "static"}))
+    assert static._rollout_batch()[0]["stats"]["rollout/groups_seen"] == base.prompts_per_step
+
+
 @pytest.mark.slow  # 8 RL steps with refills: ~10 s idle, minutes on a loaded box
 def test_rl_resume_is_exact(tok, tmp_path) -> None:
     """4 steps straight == 2 steps, checkpoint, a fresh process state restored from it, 2 more steps: same
