@@ -65,7 +65,8 @@ def eval_model(ref: str, recipe: Any, runtime: Any, *, harness_url: str | None =
     es, val = _eval_inputs(recipe, runtime)
     cfg = recipe.evaluate
     t0 = time.perf_counter()
-    lm = HerdLM.load(model.artifact.local_path(), batch_size=cfg.batch_size, threads=cfg.threads)
+    lm = HerdLM.load(model.artifact.local_path(), batch_size=cfg.batch_size, threads=cfg.threads,
+                     generation=cfg.generation)
     results = evaluate_model(lm, es.local_path(), cfg, val_dir=val.local_path(), chat=uses_chat(model.role),
                              heavy=True, on_suite=lambda n, r: say(f"  {n}: {r.skipped or r.primary_score}"))
     seconds = time.perf_counter() - t0

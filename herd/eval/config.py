@@ -97,6 +97,11 @@ class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples (perplexity, paired bootstrap).")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="Extra lm-eval-harness tasks run by "
                                      "`herd eval --harness` (built-in tasks download data; empty on a laptop).")
+    generation: Literal["static", "engine"] = Field(
+        "static", description="Generator of the suites' answers: static = herd.model.generate's length-sorted "
+        "static batches, engine = herd.serve.engine's continuous batching (what `herd serve` answers with). Same "
+        "greedy answers (tests/eval/test_lm_engine.py); static is the default because it measured faster "
+        "(tiny teacher, every suite: 30.4 s vs 50.2 s; docs/benchmarks.md, evaluate).")
     threads: int = Field(0, ge=0, description="torch threads per model process (0 = the CPUs Ray gave it).")
     seed: int = Field(0, description="Seed of item sampling, pass@k sampling and the bootstrap.")
 

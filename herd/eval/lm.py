@@ -5,16 +5,18 @@
     lm.loglikelihood([(context_ids, continuation_ids)])      # -> [(sum logprob, continuation is greedy)]
     lm.token_nll(rows, masks)                                # -> [(sum nll over target tokens, count)]
 
-Every suite goes through this class. Text generation runs on the serve engine (``herd.serve.engine``'s
-continuously batched ``Engine.generate_batch``, what ``herd serve`` answers with), so the eval scores what is
-served: a row that stops frees its slot for the next prompt at once instead of idling until its static batch
-ends. The engine's ``token_ids`` end with the stop token that finished them (vLLM's convention); here the
-stop token is dropped, as ``herd.model.generate`` does, so answers are the same ids either way
-(``tests/eval/test_lm_engine.py``). Prompts with image tiles (image QA) use ``herd.model.generate`` (the engine
-takes token ids only). Scoring is a plain batched forward (``generation="engine"`` keeps it: measured faster
-than ``Engine.score``, see docs/benchmarks.md, evaluate). Forward rows are RIGHT-padded, which is exact:
-attention is causal and MoE routing is per token (no capacity limit), so pad tokens after a row's end cannot
-change its logits. Requests are sorted by length and cut into batches by count and by a token budget, so a
+Every suite goes through this class. Two generators give the same greedy answers (``tests/eval/
+test_lm_engine.py``): ``generation="static"`` (the default), ``herd.model.generate`` on length-sorted batches
+(batched prefill into a static KV cache, one-token decode steps, finished rows dropped from the batch), and
+``generation="engine"``, the serve engine's continuously batched ``Engine.generate_batch`` (what ``herd serve``
+answers with). The engine's ``token_ids`` end with the stop token that finished them (vLLM's convention); here
+that token is dropped, as ``herd.model.generate`` does. Static stays the default because it measured faster on
+every tiny model (the teacher with every suite: 30.4 s vs 50.2 s, NIAH's 2k-token prefills 11.4 vs 27.7 s;
+docs/benchmarks.md, evaluate): the engine prefills new prompts one sequence at a time per step. Prompts with
+image tiles always use ``herd.model.generate`` (the engine takes token ids only). Scoring is a plain batched
+forward by default (``scoring="engine"``: ``Engine.score``, same numbers). Forward rows are RIGHT-padded, which
+is exact: attention is causal and MoE routing is per token (no capacity limit), so pad tokens after a row's end
+cannot change its logits. Requests are sorted by length and cut into batches by count and by a token budget, so a
 batch of 2k-token haystacks does not allocate what a batch of 40-token questions may.
 
 Checkpoints load in float32; a compressed-tensors export (int8 / int4) is dequantized exactly, so a variant
@@ -35,7 +37,7 @@ from herd.model import Llama4
 BOS = 0
 BOT = "<|begin_of_text|>"
 EOT_IDS = (1, 4, 5)  # <|end_of_text|>, <|eom|>, <|eot|> (docs/architecture.md: fixed special-token ids)
-Generation = Literal["engine", "static"]
+Generation = Literal["static", "engine"]
 Scoring = Literal["forward", "engine"]
 
 
@@ -43,7 +45,7 @@ class HerdLM:
     """A loaded model + tokenizer with the batched primitives the suites need."""
 
     def __init__(self, model: Llama4, tokenizer: Any, *, batch_size: int = 32, max_batch_tokens: int = 16384,
-                 generation: Generation = "engine", scoring: Scoring = "forward", step_tokens: int = 4096,
+                 generation: Generation = "static", scoring: Scoring = "forward", step_tokens: int = 4096,
                  kv_cache_bytes: int = 512 * 2**20):
         if generation not in ("engine", "static") or scoring not in ("engine", "forward"):
             raise ValueError(f"generation={generation!r} / scoring={scoring!r}: use generation 'engine' or "
