@@ -25,25 +25,32 @@ if TYPE_CHECKING:
 
 CALIBRATION = {"pretrain": "data.pack.pretrain", "sft": "data.pack.sft"}
 VAL = "data.pack.pretrain_val"
+# the evaluate flow's eval set (built from the data flow's tasks alone): the gate's mini-eval scores the same items
+EVALSET = "evaluate.evalset.evalset"
 
 
 def quantize(ctx: StepContext) -> None:
+    from herd.eval import uses_chat
     from herd.quantize.run import quantize_checkpoint
 
-    cfg = ctx.config["quantize"]
+    cfg, role = ctx.config["quantize"], ctx.config["parent_role"]
     scheme = cfg.schemes[0]
     parent, calib, val = ctx.inputs["parent"], ctx.inputs["calibration"], ctx.inputs["val"]
+    evalset = ctx.inputs.get("evalset")
     ctx.log_params({"scheme": scheme.scheme, "method": scheme.method, "group_size": scheme.group_size,
                     "act_order": scheme.act_order, "parent": parent.digest[:12], "calibration": calib.digest[:12],
-                    "calibration_samples": cfg.calibration.samples, "dtype": cfg.dtype})
+                    "calibration_samples": cfg.calibration.samples, "dtype": cfg.dtype,
+                    "eval_items": cfg.eval_items, "evalset": evalset.digest[:12] if evalset else "none"})
     report = quantize_checkpoint(parent.local_path(), scheme, cfg, calib.uri, val.uri,
                                  ctx.output_dir("model", format="hf"),
+                                 evalset=evalset.local_path() if evalset else None, chat=uses_chat(role),
+                                 arithmetic=ctx.config["evaluate.arithmetic"],
                                  storage_options=ctx.store.storage_options or None,
                                  log=lambda s: print(f"[herd] {ctx.name}: {s}", flush=True))
     metrics = {f"gate/{k}": v for k, v in report["metrics"].items()}
     metrics.update({"size_bytes": report["size_bytes"], **{f"time/{k}": v for k, v in report["timings"].items()}})
     ctx.log_metrics(metrics, step=0)
-    ctx.set_tags({"herd.quantize.gate": report["gate"], "herd.quantize.parent_role": ctx.config["parent_role"]})
+    ctx.set_tags({"herd.quantize.gate": report["gate"], "herd.quantize.parent_role": role})
 
 
 def final_model(recipe: Recipe) -> tuple[str, str]:
@@ -66,8 +73,10 @@ def build(recipe: Recipe) -> list[Step]:
     return [Step(
         f"quantize.{s.scheme}", quantize,
         # each step keys on its own scheme only: changing int4's group size does not re-run int8
-        config={"quantize": cfg.model_copy(update={"schemes": [s]}), "parent_role": role},
-        inputs={"parent": parent, "calibration": CALIBRATION[cfg.calibration.split], "val": VAL},
+        config={"quantize": cfg.model_copy(update={"schemes": [s]}), "parent_role": role,
+                "evaluate.arithmetic": recipe.evaluate.arithmetic},
+        inputs={"parent": parent, "calibration": CALIBRATION[cfg.calibration.split], "val": VAL,
+                **({"evalset": EVALSET} if cfg.eval_items else {})},
         outputs={"model": "model"},
         roles={"model": s.scheme},
         resources=Resources(cpus=1),

@@ -108,8 +108,9 @@ class QuantizeConfig(_Section):
         description="Module names (or 're:<regex>') left unquantized.",
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    eval_items: int = Field(100, ge=0, description="Items of the gate's paired mini-evaluation (arithmetic and "
-                            "multiple choice); 0 skips it (KL and top-1 still gate).")
+    eval_items: int = Field(100, ge=0, description="Items per suite of the gate's paired mini-evaluation: the first "
+                            "N arithmetic and multiple-choice items of the pipeline's eval set, scored by herd.eval "
+                            "for the parent and the variant; 0 skips it (KL and top-1 still gate).")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="dtype of the export's high-precision "
                                                   "tensors and scales, and of the engine's activations.")
     export_format: Literal["compressed-tensors"] = Field("compressed-tensors", description="On-disk format "

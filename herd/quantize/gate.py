@@ -1,23 +1,27 @@
 """The export gate: is the quantized model still the model? Measured against its parent before registration.
 
     agree = logit_agreement(parent, variant, heldout)              # {"kl": ..., "top1": ..., "tokens": ...}
-    evals = paired_mini_eval(parent, variant, heldout, tokenizer, n_items=200)   # paired per-item scores
+    evals = paired_mini_eval(HerdLM(parent, tok), HerdLM(variant, tok), evalset_dir, 100, chat=True)
     check_gate("int4", {**agree, **evals}, thresholds, scheme)     # raises QualityGateError if a threshold fails
 
-Held-out tokens are the pipeline's own validation rows, disjoint from the calibration rows. The mini-evaluation
-pairs parent and variant on the SAME items (scores differ only through quantization), so its retention ratio
-needs far fewer items than two independent evaluations would:
-  multiple choice  cloze on held-out text: after 32 tokens of context, which of 4 8-token continuations comes
-                   next (the true one or spans from other rows), by summed log-likelihood (HellaSwag-style)
-  arithmetic       herd's synthetic word problems, greedy decoding, the last integer must equal the answer
-Retention is variant score / parent score over the pooled items, with a paired-bootstrap 95 % interval; the
-gate fails it when the whole interval lies below ``min_retention`` (a significant loss), since a few hundred
-paired items move by a flip or two. KL and top-1 run over thousands of held-out tokens and gate directly.
+KL and top-1 agreement run over every position of the pipeline's own validation rows (held out: never trained
+or calibrated on), thousands of tokens, and gate directly. The mini-evaluation is the evaluate flow's own:
+herd.eval's arithmetic (greedy pass@1) and multiple-choice (4 options by log-likelihood) suites on the first
+``n_items`` items of each in the pipeline's eval set (``evaluate.evalset``), so quantize and evaluate score the
+same items the same way. Parent and variant answer the SAME items (scores differ only through quantization),
+so the retention ratio needs far fewer items than two independent evaluations would. Retention = variant score
+/ parent score over the pooled items (and per suite), with a paired-bootstrap 95 % interval; the gate fails it
+when the whole interval lies below ``min_retention`` (a significant loss), since a hundred paired items move
+by a flip or two.
+
+``cloze_items`` / ``score_cloze`` (which of 4 spans continues a held-out text) need no eval set; the quality
+benchmark reports them beside the suites (a weak model scores near chance on the suites, not on cloze).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,25 +93,6 @@ def score_cloze(model: nn.Module, items: Sequence[tuple[list[int], list[list[int
     return [float(int(ll[k].argmax()) == items[k][2]) for k in range(len(items))]
 
 
-def score_arithmetic(model: nn.Module, tokenizer: Any, n_items: int, seed: int = 0,
-                     batch_size: int = 32) -> list[float]:
-    """1.0 where greedy decoding of ``Question: ...\\nSolution:`` ends in the right integer."""
-    from herd.data.synthetic.arithmetic import check_answer, make_problems
-    from herd.data.tokenizer import encode_plain
-    from herd.model.generate import SamplingParams, generate
-
-    problems = make_problems(n_items, np.random.default_rng(10_000 + seed))
-    bos = model.config.bos_token_id
-    prompts = [[bos, *ids] for ids in encode_plain(tokenizer, [f"Question: {p.question}\nSolution:" for p in problems])]
-    scores = []
-    params = SamplingParams(temperature=0.0, max_new_tokens=24)
-    for i in range(0, len(prompts), batch_size):
-        gens = generate(model, prompts[i : i + batch_size], params)
-        for g, p in zip(gens, problems[i : i + batch_size], strict=True):
-            scores.append(float(check_answer(tokenizer.decode(g.tokens), p.answer)))
-    return scores
-
-
 def paired_retention(parent: Sequence[float], variant: Sequence[float], seed: int = 0,
                      resamples: int = 2000) -> dict[str, float]:
     """Scores, retention = mean(variant) / mean(parent) and its paired-bootstrap 95 % interval (items resampled
@@ -124,20 +109,67 @@ def paired_retention(parent: Sequence[float], variant: Sequence[float], seed: in
             "flips_lost": float(((a == 1) & (b == 0)).sum()), "flips_gained": float(((a == 0) & (b == 1)).sum())}
 
 
-def paired_mini_eval(parent: nn.Module, variant: nn.Module, rows: torch.Tensor, tokenizer: Any | None,
-                     n_items: int, seed: int = 0) -> dict[str, float]:
-    """Cloze multiple choice (``n_items``) and arithmetic (``n_items // 4``, needs the tokenizer), paired."""
-    items = cloze_items(rows, n_items, seed)
+# the herd.eval suites the gate runs, and the short names their metrics carry (mc/retention, arith/...)
+GATE_SUITES: tuple[str, ...] = ("arithmetic", "multiple_choice")
+SHORT = {"arithmetic": "arith", "multiple_choice": "mc", "knowledge": "qa"}
+
+
+def suite_outcomes(lm: Any, evalset_dir: str | Path, *, suites: Sequence[str] = GATE_SUITES, n_items: int | None,
+                   chat: bool, arithmetic: Any | None = None) -> dict[str, list[float]]:
+    """Per suite, the 0/1 outcome of each of the first ``n_items`` eval-set items (None: all), scored by herd.eval's
+    own suite functions (greedy arithmetic pass@1, multiple-choice acc, knowledge exact match), so the gate and
+    the evaluate flow score the same items the same way. ``lm`` is a ``herd.eval.HerdLM``; ``arithmetic`` an
+    ``herd.eval.ArithmeticConfig`` (the recipe's ``evaluate.arithmetic``; default: its defaults)."""
+    from herd.eval import (
+        ArithmeticConfig,
+        evaluate_arithmetic,
+        evaluate_knowledge,
+        evaluate_multiple_choice,
+        read_items,
+    )
+
+    out: dict[str, list[float]] = {}
+    for suite in suites:
+        items = read_items(evalset_dir, suite)[:n_items]
+        if not items:
+            raise ValueError(f"the eval set {evalset_dir} holds no {suite} items; build it with herd.eval.build_evalset "
+                             "(the evaluate flow's evaluate.evalset step)")
+        if suite == "arithmetic":
+            r = evaluate_arithmetic(lm, items, arithmetic or ArithmeticConfig(), chat=chat, sampled=False)
+        elif suite == "multiple_choice":
+            r = evaluate_multiple_choice(lm, items, chat=chat)
+        elif suite == "knowledge":
+            r = evaluate_knowledge(lm, items, chat=chat)
+        else:
+            raise ValueError(f"suite {suite!r} has no 0/1 outcome per item; use arithmetic, multiple_choice, knowledge")
+        by_id = r.outcomes()
+        out[suite] = [by_id[it["id"]] for it in items]
+    return out
+
+
+def paired_report(parent: dict[str, list[float]], variant: dict[str, list[float]], seed: int = 0) -> dict[str, float]:
+    """Per-suite (``arith/...``, ``mc/...``, ``qa/...``) and pooled retention of ``variant`` against ``parent`` on the
+    same items (``suite_outcomes`` of each); pooled = every item of every suite, each weighing the same."""
     out: dict[str, float] = {}
-    pa, pb = score_cloze(parent, items), score_cloze(variant, items)
-    out.update({f"mc/{k}": v for k, v in paired_retention(pa, pb, seed).items()})
-    if tokenizer is not None and n_items >= 4:
-        aa = score_arithmetic(parent, tokenizer, n_items // 4, seed)
-        ab = score_arithmetic(variant, tokenizer, n_items // 4, seed)
-        out.update({f"arith/{k}": v for k, v in paired_retention(aa, ab, seed).items()})
-        pa, pb = pa + aa, pb + ab
+    pa: list[float] = []
+    pb: list[float] = []
+    for suite, a in parent.items():
+        b = variant[suite]
+        if len(a) != len(b):
+            raise ValueError(f"{suite}: {len(a)} parent outcomes vs {len(b)} variant outcomes; pair them on the same items")
+        out.update({f"{SHORT.get(suite, suite)}/{k}": v for k, v in paired_retention(a, b, seed).items()})
+        pa, pb = pa + list(a), pb + list(b)
     out.update(paired_retention(pa, pb, seed))
     return out
+
+
+def paired_mini_eval(parent: Any, variant: Any, evalset_dir: str | Path, n_items: int | None, *, chat: bool,
+                     arithmetic: Any | None = None, suites: Sequence[str] = GATE_SUITES,
+                     seed: int = 0) -> dict[str, float]:
+    """herd.eval's arithmetic and multiple-choice suites on the same ``n_items`` items per suite for the parent
+    and the variant (both ``herd.eval.HerdLM``), paired: per-suite and pooled retention."""
+    kw = {"suites": suites, "n_items": n_items, "chat": chat, "arithmetic": arithmetic}
+    return paired_report(suite_outcomes(parent, evalset_dir, **kw), suite_outcomes(variant, evalset_dir, **kw), seed)
 
 
 def _advice(scheme: Any) -> str:
@@ -183,5 +215,5 @@ def check_gate(name: str, metrics: dict[str, float], thresholds: dict[str, float
     return passed
 
 
-__all__ = ["QualityGateError", "check_gate", "cloze_items", "logit_agreement", "paired_mini_eval",
-           "paired_retention", "score_arithmetic", "score_cloze"]
+__all__ = ["GATE_SUITES", "QualityGateError", "check_gate", "cloze_items", "logit_agreement", "paired_mini_eval",
+           "paired_report", "paired_retention", "score_cloze", "suite_outcomes"]

@@ -1,12 +1,16 @@
 """One quantized variant end to end, as the quantize flow runs it: calibrate, quantize, export, gate.
 
-    report = quantize_checkpoint("parent/", scheme, cfg, calib_uri, val_uri, "out/int4")  # raises QualityGateError
+    report = quantize_checkpoint("parent/", scheme, cfg, calib_uri, val_uri, "out/int4",
+                                 evalset="evalset/", chat=True)                 # raises QualityGateError
 
 The parent is a Hugging Face Llama 4 directory (with its tokenizer beside the weights). ``calib_uri`` is packed
 training data: its first ``calibration.samples`` rows calibrate GPTQ. ``val_uri`` is the packed validation split:
-its first ``calibration.heldout_samples`` rows are the gate's held-out tokens (never trained or calibrated on). The variant is
-gated as it will be served: loaded by ``load_quantized`` on packed kernels with ``cfg.dtype`` activations,
-against the parent in the same dtype. ``quantize.json`` in the output holds the metrics, thresholds and what was checked.
+its first ``calibration.heldout_samples`` rows are the gate's held-out tokens (never trained or calibrated on).
+``evalset`` is the pipeline's eval set (herd.eval): the first ``cfg.eval_items`` arithmetic and multiple-choice
+items are the paired mini-evaluation, prompted as chat when ``chat`` (a post-trained parent), scored by herd.eval
+(``arithmetic``: the recipe's ``evaluate.arithmetic``). The variant is gated as it will be served: loaded by
+``load_quantized`` on packed kernels with ``cfg.dtype`` activations, against the parent in the same dtype.
+``quantize.json`` in the output holds the metrics, thresholds and what was checked.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def read_rows(val_uri: str, n: int, storage_options: dict[str, Any] | None = Non
 
 
 def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: QuantizeConfig, calib_uri: str,
-                        val_uri: str, out_dir: str | Path, *, storage_options: dict[str, Any] | None = None,
+                        val_uri: str, out_dir: str | Path, *, evalset: str | Path | None = None, chat: bool = False,
+                        arithmetic: Any | None = None, storage_options: dict[str, Any] | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize the checkpoint at ``parent_dir`` by ``scheme`` into ``out_dir`` and gate it (see module doc)."""
     from herd.data.tokenizer import load_tokenizer
@@ -83,9 +88,18 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     parent = parent.to(dtype)
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     metrics: dict[str, Any] = dict(logit_agreement(parent, variant, heldout))
-    if cfg.eval_items:
-        metrics.update(paired_mini_eval(parent, variant, heldout, tokenizer, cfg.eval_items))
-    timings["gate_s"] = time.perf_counter() - t
+    timings["agreement_s"] = time.perf_counter() - t
+    if cfg.eval_items and evalset is not None and tokenizer is not None:
+        from herd.eval import HerdLM
+
+        t = time.perf_counter()
+        metrics.update(paired_mini_eval(HerdLM(parent, tokenizer, batch_size=64),
+                                        HerdLM(variant, tokenizer, batch_size=64), evalset, cfg.eval_items,
+                                        chat=chat, arithmetic=arithmetic))
+        timings["mini_eval_s"] = time.perf_counter() - t
+    elif cfg.eval_items:
+        why = "no eval set given" if evalset is None else "no tokenizer beside the parent"
+        log(f"{scheme.scheme}: no paired mini-eval ({why}); KL and top-1 gate alone")
     errors = [qw.error for qw in qweights.values() if qw.error is not None]
     if errors:
         metrics["layer_error_mean"] = sum(errors) / len(errors)
@@ -94,7 +108,8 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     report = {"scheme": scheme.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
               "layers_quantized": len(qweights), "calibration": {"rows": len(calib), "tokens": int(calib.numel()),
               "heldout_rows": len(heldout), "heldout_tokens": int(heldout.numel()), "source": calib_uri,
-              "heldout_source": val_uri},
+              "heldout_source": val_uri, "evalset": Path(evalset).name if evalset is not None else None,
+              "prompt": "chat" if chat else "completion"},
               "size_bytes": size, "timings": {**timings, "total_s": time.perf_counter() - t0}}
     passed_ok = False
     try:

@@ -44,3 +44,26 @@ def exports(tiny_model: Llama4, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture(scope="session")
 def ids() -> torch.Tensor:
     return torch.randint(0, CFG.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def eval_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A real eval set (herd.eval.build_evalset) and BPE tokenizer of vocab 512 from a small synthetic corpus, for
+    the gate's paired mini-evaluation through herd.eval's suites (a second or two to build)."""
+    from herd.data.config import SyntheticConfig, TokenizerConfig
+    from herd.data.synthetic import build_synthetic, write_synthetic
+    from herd.data.tokenizer import save_tokenizer, train_tokenizer
+    from herd.eval.config import EvaluateConfig
+    from herd.eval.evalset import build_evalset
+
+    root = tmp_path_factory.mktemp("evalset")
+    corpus = build_synthetic(SyntheticConfig(n_entities=20, n_arithmetic_train=40, n_arithmetic_eval=20,
+                                             n_rl_prompts=10, n_needle_docs=4, n_needle_eval=4, n_filler_docs=40,
+                                             n_chat=20, n_preferences=5, n_images=10))
+    write_synthetic(corpus, root / "raw", root / "tasks")
+    tok_cfg = TokenizerConfig(vocab_size=CFG.vocab_size)
+    save_tokenizer(train_tokenizer([d["text"] for d in corpus.documents], tok_cfg), root / "tokenizer", tok_cfg)
+    cfg = EvaluateConfig(knowledge_items=12, arithmetic={"n_items": 24, "max_new_tokens": 8},
+                         needle={"context_lengths": [64], "depths": [0.5], "samples_per_cell": 1})
+    build_evalset(root / "tasks", root / "tokenizer", root / "evalset", cfg, seq_len=64)
+    return {"tokenizer": root / "tokenizer", "evalset": root / "evalset", "tasks": root / "tasks"}

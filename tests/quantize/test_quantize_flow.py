@@ -19,6 +19,9 @@ def test_build_targets_the_final_model_and_keys_each_scheme_alone() -> None:
     assert [s.name for s in steps] == ["quantize.int8", "quantize.int4"]
     assert all(s.inputs["parent"] == parent and s.inputs["val"] == "data.pack.pretrain_val"
                and s.inputs["calibration"] == "data.pack.pretrain" for s in steps)
+    # the gate's mini-eval reads the evaluate flow's eval set (the same items evaluate scores)
+    assert all(s.inputs["evalset"] == "evaluate.evalset.evalset" for s in steps)
+    assert "evalset" not in build(load_recipe("tiny", ["quantize.eval_items=0"]))[0].inputs
     assert [s.roles["model"] for s in steps] == ["int8", "int4"]
     # changing int4's group size re-keys only the int4 step
     other = load_recipe("tiny", ["quantize.schemes=[{scheme: int8}, {scheme: int4, method: gptq, group_size: 64}]"])
@@ -61,4 +64,17 @@ def test_flow_registers_gated_int8_and_int4(finished_pipeline) -> None:
         assert parent.models["model"] in {mi.model_id for mi in run.inputs.model_inputs}
         names = {d.dataset.name for d in run.inputs.dataset_inputs}
         assert any("pretrain_val" in n for n in names) and len(names) >= 2  # held-out + calibration data
-        assert client.get_logged_model(rec.models["model"]).source_run_id == rec.run_id
+        # ... and on the quantized LoggedModel itself (logged with its model_id): the model page shows the gate's
+        # KL, top-1, per-suite and pooled mini-eval scores; its lineage names the parent and the calibration data
+        lm = client.get_logged_model(rec.models["model"])
+        assert lm.source_run_id == rec.run_id
+        on_model = {m.key: m.value for m in lm.metrics if m.model_id == lm.model_id}
+        for key in ("gate/kl", "gate/top1", "gate/retention", "gate/retention_lo", "gate/mc/parent_score",
+                    "gate/mc/variant_score", "gate/arith/parent_score", "gate/arith/variant_score"):
+            assert key in on_model, f"{key} missing from LoggedModel {lm.model_id} ({sorted(on_model)})"
+        assert on_model["gate/kl"] == pytest.approx(report["metrics"]["kl"])
+        assert on_model["gate/items"] == report["metrics"]["mc/items"] + report["metrics"]["arith/items"] > 0
+        assert lm.tags["herd.parent"] == parent.models["model"]
+        assert lm.params["calibration"] == rec.inputs["calibration"][:12]
+        assert lm.params["evalset"] == rec.inputs["evalset"][:12]
+        assert rec.inputs["evalset"] == recs["evaluate.evalset"].outputs["evalset"]

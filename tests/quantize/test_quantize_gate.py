@@ -1,5 +1,6 @@
 """The export gate: a variant that must fail does, with the threshold, by how much, and what to try; a variant
-that must pass does; the mini-evaluation is paired on the same items."""
+that must pass does; the mini-evaluation is herd.eval's arithmetic and multiple-choice suites on the eval set's
+items, paired with the parent on the same items."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from herd.quantize.gate import (
     cloze_items,
     logit_agreement,
     paired_mini_eval,
+    paired_report,
     paired_retention,
+    suite_outcomes,
 )
 from herd.quantize.modules import load_quantized
 
@@ -46,13 +49,43 @@ def test_coarse_rtn_int4_fails_a_tight_gate_with_advice(tiny_model: Llama4, tmp_
     assert "method: gptq" in msg and "group_size 128 -> 64" in msg  # what to try
 
 
-def test_int8_passes_its_default_gate(tiny_model: Llama4, exports: dict[str, Path], heldout: torch.Tensor) -> None:
+def _lm(model: torch.nn.Module, eval_set: dict[str, Path]):
+    from herd.data.tokenizer import load_tokenizer
+    from herd.eval import HerdLM
+
+    return HerdLM(model, load_tokenizer(eval_set["tokenizer"]), batch_size=16)
+
+
+def test_int8_passes_its_default_gate_on_herd_eval_items(tiny_model: Llama4, exports: dict[str, Path],
+                                                         heldout: torch.Tensor, eval_set: dict[str, Path]) -> None:
+    from herd.eval import ArithmeticConfig, evaluate_multiple_choice, read_items
+
     variant = load_quantized(exports["int8"], dtype=torch.float32)
     metrics = logit_agreement(tiny_model, variant, heldout)
-    metrics.update(paired_mini_eval(tiny_model, variant, heldout, None, n_items=40))
+    arith = ArithmeticConfig(max_new_tokens=8)
+    parent_lm, variant_lm = _lm(tiny_model, eval_set), _lm(variant, eval_set)
+    metrics.update(paired_mini_eval(parent_lm, variant_lm, eval_set["evalset"], 10, chat=False, arithmetic=arith))
     passed = check_gate("int8", metrics, GateConfig().resolved("int8"), QuantScheme(scheme="int8"))
     assert any(line.startswith("KL(parent||int8)") for line in passed) and len(passed) >= 2
-    assert metrics["items"] == 40 and 0 <= metrics["parent_score"] <= 1
+    # the first 10 items of each suite, pooled; per-suite numbers beside the pooled ones
+    assert metrics["arith/items"] == 10 and metrics["mc/items"] == 10 and metrics["items"] == 20
+    assert metrics["parent_score"] == pytest.approx((metrics["arith/parent_score"] + metrics["mc/parent_score"]) / 2)
+    # the gate scores exactly what the evaluate flow scores on those items (herd.eval's suite, same prompts)
+    items = read_items(eval_set["evalset"], "multiple_choice")[:10]
+    ref = evaluate_multiple_choice(parent_lm, items).outcomes()
+    assert suite_outcomes(parent_lm, eval_set["evalset"], suites=["multiple_choice"], n_items=10,
+                          chat=False)["multiple_choice"] == [ref[it["id"]] for it in items]
+
+
+def test_paired_report_pools_suites_and_names_them() -> None:
+    parent = {"arithmetic": [1.0, 0.0, 1.0, 1.0], "multiple_choice": [1.0, 1.0, 0.0, 0.0], "knowledge": [1.0, 1.0]}
+    variant = {"arithmetic": [1.0, 0.0, 0.0, 1.0], "multiple_choice": [1.0, 1.0, 0.0, 1.0], "knowledge": [1.0, 1.0]}
+    r = paired_report(parent, variant)
+    assert r["arith/retention"] == pytest.approx(2 / 3) and r["mc/retention"] == pytest.approx(3 / 2)
+    assert r["qa/retention"] == 1.0 and r["items"] == 10 and r["retention"] == pytest.approx(7 / 7)
+    assert r["flips_lost"] == 1 and r["flips_gained"] == 1
+    with pytest.raises(ValueError, match="same items"):
+        paired_report(parent, {**variant, "knowledge": [1.0]})
 
 
 def test_retention_gate_fails_only_a_significant_loss() -> None:
