@@ -53,13 +53,16 @@ def reference_loss(model: nn.Module, tok: Any, conversations: Sequence[Sequence[
     """Mean per-token CE of each conversation's assistant tokens (+ <|eot|>) under `model`."""
     model.eval()
     rows = encode_sft(tok, conversations, max_len)
-    out: list[float] = []
-    for i in range(0, len(rows), batch_size):
-        b = pad_rows(rows[i:i + batch_size])
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths together: little padding
+    out = [float("nan")] * len(rows)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        b = pad_rows([rows[j] for j in idx])
         ids, mask = b["input_ids"], b["loss_mask"][:, 1:]
         logits = model(ids[:, :-1]).logits.float()
         ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        out += ((ce * mask).sum(1) / mask.sum(1).clamp_min(1)).tolist()
+        for j, v in zip(idx, ((ce * mask).sum(1) / mask.sum(1).clamp_min(1)).tolist(), strict=True):
+            out[j] = v
     return out
 
 

@@ -36,7 +36,8 @@ def score_items(model: nn.Module, tok: Any, items: Sequence[Prompt], *, max_new_
         return []
     engine = Engine(model, None, EngineConfig(max_num_seqs=min(batch_size, len(prompts)), max_num_batched_tokens=
                                               max(512, max(map(len, prompts)) + max_new_tokens),
-                                              max_model_len=max(map(len, prompts)) + max_new_tokens))
+                                              max_model_len=max(map(len, prompts)) + max_new_tokens,
+                                              max_waiting=len(prompts)))
     try:  # continuous batching: an answer that stops early frees its slot for the next item
         gens = engine.generate_batch(prompts, SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
                                                              stop_token_ids=[EOT_ID], ignore_eos=True))

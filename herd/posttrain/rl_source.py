@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,6 +108,7 @@ class RolloutSource:
         seen_members: list[dict[str, Any]] = []  # every rollout of the batch, kept or filtered (the metrics)
         seen = dropped = rounds = 0
         caps: dict[str, list[float]] = {}
+        t0 = time.perf_counter()
         for rnd in range(1 + (cfg.max_refill_rounds if cfg.filter_zero_variance else 0)):
             need = cfg.prompts_per_step - len(kept)
             if max(_gather(need, self.world)) <= 0:
@@ -139,7 +141,8 @@ class RolloutSource:
                  "rollout/gen_rounds": float(rounds), "rollout/groups_seen": float(seen),
                  "rollout/reward": float(np.mean([m["reward"] for m in every])) if every else 0.0,
                  "rollout/mean_len": float(np.mean([len(m["tokens"]) for m in every])) if every else 0.0,
-                 "rollout/truncated": float(np.mean([not m["stopped"] for m in every])) if every else 0.0}
+                 "rollout/truncated": float(np.mean([not m["stopped"] for m in every])) if every else 0.0,
+                 "rollout/seconds": time.perf_counter() - t0}  # generation + grading: the step's share of it
         for cap, vals in caps.items():
             stats[f"rollout/pass_rate/{cap}"] = float(np.mean(vals))
         stats.update(self.ledger.summary(cfg.tiers))

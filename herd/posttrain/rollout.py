@@ -95,7 +95,10 @@ def sample_engine(model: nn.Module, prompts: Sequence[Sequence[int]], *, tempera
     longest = max(map(len, prompts)) + max_new_tokens
     n = min(max_num_seqs, len(prompts))
     engine = Engine(model, None, EngineConfig(max_num_seqs=n, max_model_len=longest, seed=seed,
-                                              max_num_batched_tokens=max(512, n, longest)))
+                                              # a batch job, not a latency-bound server: big steps amortize
+                                              # the per-step Python work over more prefill tokens
+                                              max_num_batched_tokens=max(2048, n, longest),
+                                              max_waiting=max(len(prompts), 1)))  # all submitted at once
     try:
         # only `stop` ends a row (ignore_eos): the same stop set as the static sampler, whose rows RL trains on
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, stop_token_ids=list(stop),

@@ -61,10 +61,13 @@ def judge_sft(corpus_dir: str | Path, tasks_dir: str | Path, tok_dir: str | Path
     examples = sft_examples(corpus_dir)
     for src in sft.sources:
         examples += sft_user_examples(src, storage_options)
+    t1 = time.perf_counter()
     judged = judge_examples(model, tok, examples, judge)
     keep = select_hard(judged, sft.easy_fraction)
     pool = rl_pool(tasks_dir, rl, storage_options)
+    t2 = time.perf_counter()
     rl_judged = judge_prompts(model, tok, pool, judge)
+    t3 = time.perf_counter()
     ledger = Ledger()
     for j in judged:  # the SFT judgments: auditable, never sampled by RL (RL keeps its own pool)
         ledger.add(j.prompt_id, j.capability, pool="sft", judge=judge_digest, pass_rate=j.pass_rate,
@@ -80,7 +83,10 @@ def judge_sft(corpus_dir: str | Path, tasks_dir: str | Path, tok_dir: str | Path
                                                  "mask": m} for e, (i, m) in zip(kept, rows, strict=True)])
     stats: dict[str, float] = {"judge/examples": len(examples), "judge/kept": len(kept),
                                "judge/kept_fraction": len(kept) / max(len(examples), 1),
-                               "judge/rl_prompts": len(pool), "judge/seconds": time.perf_counter() - t0}
+                               "judge/rl_prompts": len(pool), "judge/seconds": time.perf_counter() - t0,
+                               # where the time goes: loading, the SFT examples (loss + pass@k), the RL pool
+                               "judge/seconds_load": t1 - t0, "judge/seconds_sft": t2 - t1,
+                               "judge/seconds_rl_pool": t3 - t2}
     for cap in sorted({j.capability for j in judged}):
         js = [j for j in judged if j.capability == cap]
         rates = [j.pass_rate for j in js if j.pass_rate is not None]
