@@ -1,14 +1,15 @@
-"""Decode speed and size on disk of herd's packed int8/int4 CPU runtime vs the dense model, side by side in one run.
+"""Decode speed and size on disk of herd's serving engine on packed int8/int4 vs dense fp32/bf16, side by side in one run.
 
-    .venv/bin/python -m benchmarks.quantize_speed --model MODEL_DIR         # a trained checkpoint (or --random)
-    .venv/bin/python -m benchmarks.quantize_speed --random --new-tokens 16  # quick, tiny-recipe teacher shape
+    .venv/bin/python -m benchmarks.quantize_speed --random --threads 2          # tiny-recipe teacher shape (~3 min)
+    .venv/bin/python -m benchmarks.quantize_speed --model MODEL_DIR --threads 2 # a trained checkpoint
 
 Variants: fp32 dense, bf16 dense, int8 (W8A16 per channel, torch._weight_int8pack_mm) and int4 (W4A16 g32,
 torch._weight_int4pack_mm_for_cpu), the last two loaded from their compressed-tensors export by
-herd.quantize.load_quantized with bf16 activations. Decode tok/s = batch · (N - 1) new tokens / (time of
-generating N tokens - time of generating 1), i.e. prefill excluded; herd.model.generate, greedy, eos disabled;
-variants interleaved rep by rep so load from other processes hits all alike; medians of --reps.
-Results go to docs/benchmarks.md ("## quantize").
+herd.quantize.load_quantized with bf16 activations, i.e. exactly what herd serves on CPU. Every variant runs in
+herd's continuous-batching engine (``herd.serve.engine.Engine.generate_batch``; max_num_seqs = batch, the whole
+prefill in one step). Decode tok/s = batch · (N - 1) / (time to generate N tokens - time to generate 1), i.e.
+prefill excluded; greedy, EOS ignored; variants interleaved rep by rep so load from other processes hits all alike;
+medians of --reps. Results go to docs/benchmarks.md ("## quantize").
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from herd.model import Llama4, ModelConfig, load_hf, save_hf
-    from herd.model.generate import SamplingParams, generate
     from herd.quantize import QuantScheme
     from herd.quantize.export import export_compressed
     from herd.quantize.modules import load_quantized
     from herd.quantize.targets import quantize_weights
+    from herd.serve.engine import Engine, EngineConfig, SamplingParams
 
     torch.manual_seed(0)
     if args.model:
@@ -63,36 +64,41 @@ def main() -> None:
             sizes[name] = sum(f.stat().st_size for f in d.glob("*.safetensors"))
             models[name] = load_quantized(d, dtype=torch.bfloat16)
 
-    def run(model: torch.nn.Module, prompts: list[list[int]], n: int) -> float:
-        p = SamplingParams(temperature=0.0, max_new_tokens=n, stop_tokens=[])
+    batches = [int(b) for b in args.batches.split(",")]
+    cfg = EngineConfig(max_num_seqs=max(batches), max_model_len=args.prompt + args.new_tokens + 1,
+                       max_num_batched_tokens=max(512, max(batches) * args.prompt))
+    engines = {name: Engine(m, None, cfg) for name, m in models.items()}
+
+    def run(engine: Engine, prompts: list[list[int]], n: int) -> float:
+        p = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
         t = time.perf_counter()
-        out = generate(model, prompts, p)
+        out = engine.generate_batch(prompts, p)
         dt = time.perf_counter() - t
-        assert all(len(g.tokens) == n for g in out)
+        assert all(len(o.token_ids) == n for o in out)
         return dt
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
           f"{sum(p.numel() for p in parent.parameters()):,} params, {args.prompt}-token prompts, "
-          f"{args.new_tokens} new tokens, median of {args.reps}", flush=True)
+          f"{args.new_tokens} new tokens, herd.serve.engine, median of {args.reps}", flush=True)
     rates: dict[tuple[str, int], float] = {}
-    for B in (int(b) for b in args.batches.split(",")):
+    for B in batches:
         g = torch.Generator().manual_seed(B)
         prompts = torch.randint(13, V, (B, args.prompt), generator=g).tolist()
-        for m in models.values():  # warm-up (allocator, kernel dispatch)
-            run(m, prompts, 2)
-        times: dict[str, list[float]] = {k: [] for k in models}
+        for e in engines.values():  # warm-up (allocator, kernel dispatch)
+            run(e, prompts, 2)
+        times: dict[str, list[float]] = {k: [] for k in engines}
         for _ in range(args.reps):
-            for name, m in models.items():
+            for name, e in engines.items():
                 with torch.inference_mode():
-                    t_n, t_1 = run(m, prompts, args.new_tokens), run(m, prompts, 1)
+                    t_n, t_1 = run(e, prompts, args.new_tokens), run(e, prompts, 1)
                 times[name].append(B * (args.new_tokens - 1) / max(t_n - t_1, 1e-9))
-        for name in models:
+        for name in engines:
             rates[(name, B)] = statistics.median(times[name])
             print(f"batch {B:>2} {name}: {rates[(name, B)]:,.0f} tok/s", flush=True)
-    batches = sorted({b for _, b in rates})
-    print("\n| variant | " + " | ".join(f"decode tok/s batch {b} (x bf16)" for b in batches) + " | size on disk MB (x bf16) |")
+    print("\n| variant | " + " | ".join(f"decode tok/s batch {b} (x bf16)" for b in batches)
+          + " | size on disk MB (x bf16) |")
     print("|---|" + "---|" * len(batches) + "---|")
-    for name in models:
+    for name in engines:
         cells = " | ".join(f"{rates[(name, b)]:,.0f} ({rates[(name, b)] / rates[('bf16', b)]:.2f})" for b in batches)
         print(f"| {name} | {cells} | {sizes[name] / 1e6:.2f} ({sizes[name] / sizes['bf16']:.2f}) |")
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")

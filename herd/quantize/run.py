@@ -66,7 +66,7 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     parent = load_hf(parent_dir, dtype=torch.float32)
     calib = read_rows(calib_uri, cal.samples, storage_options)[:, : cal.seq_len]
     heldout = read_rows(val_uri, cal.heldout_samples, storage_options)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
 
     hessians = None
     if scheme.method == "gptq":
@@ -79,7 +79,9 @@ def quantize_checkpoint(parent_dir: str | Path, scheme: QuantScheme, cfg: Quanti
     qweights = quantize_weights(parent, scheme, hessians, ignore=cfg.ignore, scale_dtype=dtype)
     timings["quantize_s"] = time.perf_counter() - t
     tokenizer_dir = Path(parent_dir) if (Path(parent_dir) / "tokenizer.json").exists() else None
+    t = time.perf_counter()
     out = export_compressed(parent, qweights, scheme, out_dir, tokenizer=tokenizer_dir, dtype=dtype)
+    timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     variant = load_quantized(out, dtype=dtype)
