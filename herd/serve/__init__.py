@@ -7,5 +7,7 @@ ingress (API key, lineage, OpenAI error shapes, guards, tokenizer routes).
 
 Modules: ``config`` (the recipe's deploy section), ``errors`` (OpenAI error JSON), ``ingress`` (the shared
 FastAPI ingress), ``vllm_app`` (Ray Serve LLM configs), ``herd_server`` (herd's engine as a Ray Serve LLM server
-class), ``app`` (build, deploy, wait, status, stop). Importing this package imports neither Ray nor vLLM.
+class), ``vllm_server`` (vLLM's server class with herd's stream batching), ``streaming`` (streamed chunks batched
+into Ray messages by load), ``app`` (build, deploy, wait, status, stop). Importing this package imports neither Ray
+nor vLLM.
 """
