@@ -14,7 +14,7 @@ Steps, derived from the pipeline itself:
   (``evaluate.full_suites_on: final``). Scores go onto the model's MLflow LoggedModel (dataset ``herd-eval``),
   per-item predictions are table artifacts of the step run.
 - ``evaluate.report``: the comparison across models (markdown + one PNG chart + NIAH heatmaps), paired tests
-  of each model against its parent on the same items.
+  of each model against its parent on the same items; artifacts of the evaluate flow run (and of the step run).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def evaluate_one(ctx: StepContext) -> None:
     cfg, me = ctx.config["evaluate"], ctx.config["evaluate.model"]
     model, es = ctx.inputs["model"], ctx.inputs["evalset"]
     t0 = time.perf_counter()
-    lm = HerdLM.load(model.local_path(), batch_size=cfg.batch_size, threads=cfg.threads or _cpus())
+    lm = HerdLM.load(model.local_path(), batch_size=cfg.batch_size, threads=cfg.threads or _cpus(),
+                     generation=cfg.generation)
     chat = uses_chat(me["role"])
 
     def progress(name, r) -> None:
@@ -147,8 +148,16 @@ def report(ctx: StepContext) -> None:
     for c in summary["comparisons"]:
         ctx.log_metrics({f"paired/{c['model'].split()[0]}_vs_{c['parent'].split()[0]}/{c['suite']}": c["delta"]},
                         step=0)
-    if hasattr(ctx, "log_artifacts"):
-        ctx.log_artifacts(out, "evaluation")
+    ctx.log_artifacts(out, "evaluation")
+    _log_on_flow_run(ctx.tracking_uri, ctx.flow_run_id, out)
+
+
+def _log_on_flow_run(tracking_uri: str, flow_run_id: str, report_dir: Path) -> None:
+    """The report, chart and NIAH heatmaps on the evaluate FLOW run too (the run a user opens to compare models),
+    not only on this step's nested run. This step runs in the driver (``in_driver``): the driver writes MLflow."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).log_artifacts(flow_run_id, str(report_dir), "evaluation")
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -171,8 +180,8 @@ def build(recipe: Recipe) -> list[Step]:
         steps.append(Step(name, evaluate_one, config={"evaluate": cfg, "evaluate.model": me},
                           inputs={"model": m.ref, "evalset": EVALSET, "val": VAL},
                           outputs={"results": "report"}, resources=Resources(cpus=1),
-                          # herd.quantize.export: load_hf dequantizes int8/int4 exports through it, by name
-                          code=["herd.eval", "herd.model.generate", "herd.quantize.export"],
+                          # by name: the engine generates; int8/int4 exports are dequantized by herd.quantize.export
+                          code=["herd.eval", "herd.model.generate", "herd.serve.engine", "herd.quantize.export"],
                           description=f"{m.role} ({m.ref}) on {', '.join(cfg.suites)}"
                                       + (" incl. NIAH and pass@k" if m.ref in heavy else "")))
     if models:
@@ -180,7 +189,7 @@ def build(recipe: Recipe) -> list[Step]:
         steps.append(Step("evaluate.report", report,
                           config={"evaluate": cfg, "data.packing": packing, "evaluate.parents": parents},
                           inputs={f"results_{i}": f"{names[m.ref]}.results" for i, m in enumerate(models)},
-                          outputs={"report": "report"}, resources=Resources(cpus=1),
+                          outputs={"report": "report"}, resources=Resources(cpus=0), in_driver=True,
                           code=["herd.eval.report", "herd.eval.stats"],
                           description="comparison across models: table, paired tests, chart, NIAH heatmaps"))
     return steps
