@@ -67,9 +67,11 @@ def build_report(models: list[ModelResults], out_dir: str | Path, *, seq_len: in
             if a is None or b is None or a.skipped or b.skipped:
                 continue
             c = compare(a, b, confidence=confidence, seed=seed)
-            if c is not None:
+            if c is not None:  # a difference to claim: the interval excludes 0 AND the test rejects at 1-conf
+                # (a bootstrap interval can graze 0 while the exact McNemar test does not reject, or vice versa)
+                differs = (c.lo > 0 or c.hi < 0) and c.p_value < 1 - confidence
                 comparisons.append({"model": m.label, "parent": parent.label, "suite": s, **c.to_dict(),
-                                    "significant": bool(c.lo > 0 or c.hi < 0)})
+                                    "significant": bool(differs)})
     summary = {"suites": suites, "rows": rows, "comparisons": comparisons, "confidence": confidence}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
     files = {"chart": _chart(models, suites, out / "comparison.png", confidence)}

@@ -53,3 +53,20 @@ def test_bootstrap_weighted_mean_and_interval() -> None:
     assert s.value == 0.5 and s.lo < 0.5 < s.hi and s.hi - s.lo < 0.3
     w = bootstrap_mean([1.0, 3.0], weights=[3, 1])
     assert w.value == pytest.approx(1.5)
+
+
+def test_report_claims_a_difference_only_when_interval_and_test_agree(tmp_path) -> None:
+    """5 of 50 items flip to correct, none back: the paired bootstrap interval excludes 0, but McNemar's exact
+    p = 2 * 0.5**5 = 0.0625 does not reject at 5%: the report must not call it a difference."""
+    from herd.eval.report import ModelResults, build_report
+    from herd.eval.result import SuiteResult
+
+    def suite(correct: list[int]) -> SuiteResult:
+        return SuiteResult("multiple_choice", {"acc": wilson(sum(correct), len(correct))}, primary="acc",
+                           samples=[{"id": f"q{i}", "correct": c} for i, c in enumerate(correct)])
+
+    parent = ModelResults("a", "teacher", "d" * 64, {"multiple_choice": suite([0] * 50)})
+    child = ModelResults("b", "student", "e" * 64, {"multiple_choice": suite([1] * 5 + [0] * 45)}, parent="d" * 64)
+    (c,) = build_report([parent, child], tmp_path, seq_len=64)["comparisons"]
+    assert c["lo"] > 0 and math.isclose(c["p_value"], 0.0625)
+    assert c["significant"] is False
