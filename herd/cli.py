@@ -26,6 +26,7 @@ from rich.table import Table
 
 import herd
 from herd.platform.errors import HerdError
+from herd.platform.mlflow_views import UI_PORT
 
 app = typer.Typer(
     name="herd",
@@ -143,8 +144,8 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
         _fail(e)
     out.print(f"[green]done[/] in {res.duration_s:.1f}s: {len(res.executed)} step(s) ran, {len(res.reused)} "
               f"reused. MLflow runs: {', '.join(f'{k}={v}' for k, v in res.flow_runs.items()) or 'none new'}")
-    if res.flow_runs:  # the runs view (a sqlite store: once `herd ui` serves it)
-        out.print(f"MLflow: {runner.lineage.experiment_url()}", soft_wrap=True, highlight=False)
+    if res.flow_runs:  # the runs view; for a sqlite store nobody serves yet, the `herd ui` command that will
+        _say(runner.lineage.where_to_look(next(iter(res.flow_runs.values())), rec.source))
 
 
 @app.command()
@@ -225,7 +226,8 @@ def lineage(ident: Annotated[str, typer.Argument(metavar="ID", help="Artifact di
 
 
 @app.command()
-def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, recipe: RecipeOpt = None,
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (the links herd prints for a sqlite store use "
+                                          f"{UI_PORT}).")] = UI_PORT, recipe: RecipeOpt = None,
        set_: SetOpt = None) -> None:
     """Serve the MLflow UI for HERD_HOME on 127.0.0.1 (or print the links of the `herd up` server).
 
@@ -251,6 +253,16 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, rec
         err.print(f"HERD_HOME moved: MLflow artifacts re-pointed from {old} to {home / 'mlartifacts'}",
                   soft_wrap=True, highlight=False)
     base = f"http://127.0.0.1:{port}"
+    from herd.platform.mlflow_views import serves
+    from herd.platform.services import free_port
+
+    if free_port(port) != port:  # something listens there: this very UI (say so), or another program
+        known = _any_run(uri, rec.runtime.experiment)
+        if known and serves(base, known):
+            _print_ui_links(uri, base, rec.runtime.experiment, f"MLflow UI for {uri} (already running)")
+            return
+        _fail(HerdError(f"port {port} on 127.0.0.1 is in use by another program; stop it, or pass --port N "
+                        f"(the links herd prints for a sqlite store point at port {UI_PORT})"))
     _print_ui_links(uri, base, rec.runtime.experiment, f"MLflow UI for {uri}")
     out.print("Ctrl-C stops it.")
     sys.stdout.flush()  # execv replaces this process: what is still buffered would be lost
@@ -260,6 +272,16 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, rec
     # would otherwise resolve against the current directory (no plots unless started inside HERD_HOME).
     os.execv(str(exe), [str(exe), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
                         "--workers", "1", "--artifacts-destination", str(home / "mlartifacts")])
+
+
+def _any_run(tracking_uri: str, experiment: str) -> str | None:
+    """A run id of the experiment (to recognize a UI serving this very store), None when there is none."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1) if exp is not None else []
+    return runs[0].info.run_id if runs else None
 
 
 def _print_ui_links(tracking_uri: str, base: str, experiment: str, title: str) -> None:

@@ -103,6 +103,14 @@ class LineageRecorder:
     def model_url(self, model_id: str) -> str:
         return views.model_url(self.ui, self.experiment_id, model_id)
 
+    def where_to_look(self, run_id: str, source: str = "") -> str:
+        """One line for the end of a command: the runs view, and when no MLflow serves this store at that address
+        (an embedded sqlite store and no `herd ui` running) the command that will serve it there."""
+        url = self.experiment_url()
+        if self.tracking_uri.startswith(("http://", "https://")) or views.serves(self.ui, run_id):
+            return f"MLflow: {url}"
+        return f"MLflow: {url} (run `{views.ui_command(source)}` to serve it)"
+
     # ---------------------------------------------------------------------------------------------- runs
     def start_flow_run(self, flow: str, tags: dict[str, str], recipe: Any = None,
                        ray: dict[str, str] | None = None) -> str:
@@ -204,39 +212,76 @@ class LineageRecorder:
         if data_out:
             self.client.log_inputs(run_id, datasets=data_out)  # MLflow has no dataset outputs: context "output"
         model_ids: dict[str, str] = {}
-        for name, art in sorted(outputs.items()):
-            if art.kind != "model":
-                continue
-            role = roles.get(name)
-            label = model_name(views.recipe_name(recipe_source), role) if role else f"{step}-{name}".replace(".", "-")
-            m = self.client.create_logged_model(
-                self.experiment_id, name=label, source_run_id=run_id,
-                tags={"herd.digest": art.digest, "herd.uri": art.uri, "herd.format": art.manifest.format,
-                      "herd.step": step, "herd.output": name, **({"herd.role": role} if role else {})})
-            model_ids[name] = m.model_id
-            try:  # the page and the registry are views: a failure there is logged, never fails the step
-                self._model_page(m.model_id, label, run_id, art, inputs)
-            except Exception as e:  # noqa: BLE001
-                _log.warning("could not fill the MLflow page of model %s (%s): %s", label, m.model_id, e)
-            self.client.finalize_logged_model(m.model_id, "READY")
-            if role:
-                try:
-                    version = register_model(self.client, m.model_id, label, art.digest, run_id,
-                                             description=f"herd's {role} models of recipe "
-                                                         f"{label.rsplit('-', 1)[0]}")
-                    self.client.set_logged_model_tags(m.model_id, {"herd.registered": f"{label} v{version}"})
+        labels: dict[str, tuple[str, str | None]] = {}
+        parents: dict[str, list] = {}
+        try:  # all or nothing: a LoggedModel whose run did not finish recording is deleted, never left behind
+            for name, art in sorted(outputs.items()):
+                if art.kind != "model":
+                    continue
+                role = roles.get(name)
+                label = model_name(views.recipe_name(recipe_source), role) if role \
+                    else f"{step}-{name}".replace(".", "-")
+                m = self.client.create_logged_model(
+                    self.experiment_id, name=label, source_run_id=run_id,
+                    tags={"herd.digest": art.digest, "herd.uri": art.uri, "herd.format": art.manifest.format,
+                          "herd.step": step, "herd.output": name, **({"herd.role": role} if role else {})})
+                model_ids[name], labels[name] = m.model_id, (label, role)
+                try:  # the page is a view: a failure there is logged, never fails the step
+                    parents[name] = self._model_page(m.model_id, label, run_id, art, inputs)
                 except Exception as e:  # noqa: BLE001
-                    _log.warning("could not register model %s in the MLflow Model Registry: %s", label, e)
-        if model_ids:
-            self.client.log_outputs(run_id, [LoggedModelOutput(mid, 0) for mid in model_ids.values()])
-        # evaluation results name the model they measured (meta.model_metrics): attach them to its LoggedModel
-        from herd.platform.model_metrics import attach_output_metrics
+                    _log.warning("could not fill the MLflow page of model %s (%s): %s", label, m.model_id, e)
+                self.client.finalize_logged_model(m.model_id, "READY")
+            if model_ids:
+                self.client.log_outputs(run_id, [LoggedModelOutput(mid, 0) for mid in model_ids.values()])
+            # evaluation results name the model they measured (meta.model_metrics): attach them to its LoggedModel
+            from herd.platform.model_metrics import attach_output_metrics
 
-        attach_output_metrics(self.client, self.experiment_id, run_id, outputs)
+            attach_output_metrics(self.client, self.experiment_id, run_id, outputs)
+        except BaseException:
+            self.discard_models(list(model_ids.values()))
+            raise
+        for name, (label, role) in labels.items():  # last: links and a registry version only for a recorded model
+            try:
+                self._link_children(model_ids[name], label, parents.get(name, []))
+            except Exception as e:  # noqa: BLE001 -- a view, like the page
+                _log.warning("could not list model %s on its parent's page: %s", label, e)
+            if role:
+                self._register(model_ids[name], label, role, outputs[name].digest, run_id)
         return model_ids
 
-    def _model_page(self, model_id: str, label: str, run_id: str, art: Any, inputs: dict[str, Any]) -> None:
-        """Params, metrics (tied to the datasets they were measured on), parent / children, files."""
+    def _register(self, model_id: str, label: str, role: str, digest: str, run_id: str) -> None:
+        try:  # the registry is a view: a failure there is logged, never fails the step
+            version = register_model(self.client, model_id, label, digest, run_id,
+                                     description=f"herd's {role} models of recipe {label.rsplit('-', 1)[0]}")
+            self.client.set_logged_model_tags(model_id, {"herd.registered": f"{label} v{version}"})
+        except Exception as e:  # noqa: BLE001
+            _log.warning("could not register model %s in the MLflow Model Registry: %s", label, e)
+
+    def discard_models(self, model_ids: list[str]) -> None:
+        """Delete LoggedModels whose recording did not finish (their step failed while its outputs were being
+        recorded): MLflow would otherwise list a model that no finished run made."""
+        for mid in model_ids:
+            try:
+                self.client.delete_logged_model(mid)
+            except Exception as e:  # noqa: BLE001 -- best effort while another error is on its way up
+                _log.warning("could not delete the unfinished LoggedModel %s: %s", mid, e)
+
+    def discard_dead_attempts(self, step: str, run_id: str) -> list[str]:
+        """Delete the LoggedModels that earlier attempts of ``step`` left behind without finishing (a driver killed
+        while it recorded them: their run never reached FINISHED). Call it holding the step's lease: then no
+        other attempt of ``step`` is alive, and every unfinished one is dead. Returns the deleted ids."""
+        dead = []
+        for m in self.client.search_logged_models(experiment_ids=[self.experiment_id],
+                                                  filter_string=f"tags.`herd.step` = '{step}'"):
+            if m.source_run_id == run_id or not m.source_run_id:
+                continue
+            if self.client.get_run(m.source_run_id).info.status != "FINISHED":
+                dead.append(m.model_id)
+        self.discard_models(dead)
+        return dead
+
+    def _model_page(self, model_id: str, label: str, run_id: str, art: Any, inputs: dict[str, Any]) -> list:
+        """Params, metrics (tied to the datasets they were measured on), the parent, files; returns the parents."""
         from mlflow.entities import Metric
 
         run = self.client.get_run(run_id)
@@ -255,13 +300,16 @@ class LineageRecorder:
         if parents:
             params["parent_model"] = ", ".join(f"{p.name} ({p.model_id})" for p in parents)
         self.client.log_model_params(model_id, {k[:250]: str(v)[:6000] for k, v in params.items()})
-        stamp = int(time.time() * 1000)
         metrics = []
-        for k, v in sorted(run.data.metrics.items()):
+        for k in sorted(run.data.metrics):
             if k.startswith(("moe/", "moe.")) or k in ("step", "tokens"):
                 continue
+            # The model's metric is the run's last point itself (same step, time and value): MLflow also writes a
+            # model metric into the run's history, and this way it adds no point (a step-0 point holding the
+            # final value used to start every training chart).
+            last = max(self.client.get_metric_history(run_id, k), key=lambda m: (m.step, m.timestamp))
             ds = held if k.startswith("eval/") else train
-            metrics.append(Metric(k, v, stamp, 0, model_id=model_id,
+            metrics.append(Metric(k, last.value, last.timestamp, last.step, model_id=model_id,
                                   dataset_name=views.output_name(ds, "data") if ds is not None else None,
                                   dataset_digest=ds.digest[:DIGEST_LEN] if ds is not None else None))
         for i in range(0, len(metrics), 500):
@@ -272,11 +320,15 @@ class LineageRecorder:
         if parents:
             note.append("Parent: " + ", ".join(f"[{p.name}]({self._page(p.model_id)})" for p in parents))
             self.client.set_logged_model_tags(model_id, {"herd.parent": ",".join(p.model_id for p in parents)})
-        for p in parents:  # the parent's page lists what was made from it
-            self.client.set_logged_model_tags(p.model_id, {f"herd.child.{label}": model_id})
-            self._append_note(p, f"Made from it: [{label}]({self._page(model_id)})")
         self.client.set_logged_model_tags(model_id, {"mlflow.note.content": "\n\n".join(note)})
         self._log_model_files(model_id, art)
+        return parents
+
+    def _link_children(self, model_id: str, label: str, parents: list) -> None:
+        """The parents' pages list what was made from them (once the child is fully recorded)."""
+        for p in parents:
+            self.client.set_logged_model_tags(p.model_id, {f"herd.child.{label}": model_id})
+            self._append_note(p, f"Made from it: [{label}]({self._page(model_id)})")
 
     def _append_note(self, model, line: str) -> None:
         old = self.client.get_logged_model(model.model_id).tags.get("mlflow.note.content", "")
@@ -362,10 +414,8 @@ def _params(params: dict[str, Any]) -> list:
 def _source_tags() -> dict[str, str]:
     """Source on every run: the command that made it (``herd run --recipe test``), as MLflow shows it."""
     import getpass
-    import sys
 
-    argv = [os.path.basename(sys.argv[0]) if sys.argv else "herd", *sys.argv[1:]]
-    cmd = views.redact_source(" ".join(argv))
+    cmd = views.command_name()
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry in some containers

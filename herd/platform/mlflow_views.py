@@ -7,7 +7,9 @@ in ``herd.platform.lineage.LineageRecorder`` (driver only).
     recipe_yaml(recipe)                              # the resolved recipe, secrets as ***
 
 MLflow 3.17 opens a bare experiment URL on its GenAI overview (traces, token cost); ``workflowType=
-machine_learning`` selects the "Model training" runs view (checked in Chromium by tests/ui).
+machine_learning`` selects the "Model training" runs view (checked in Chromium by tests/ui). A sqlite store has no
+server of its own: its links use ``herd ui``'s port, and while nothing serves the store there (``serves``) herd
+prints the ``herd ui`` command that will (``ui_command``) beside the link.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import json
 import re
 from typing import Any
 
-# `herd ui` serves a sqlite store here by default: links printed for a sqlite store point at it.
-UI_DEFAULT = "http://127.0.0.1:5000"
+# `herd ui` serves a sqlite store here by default: links printed for a sqlite store point at it, and when nothing
+# serves it there, herd prints the `herd ui` command (ui_command) beside the link.
+UI_PORT = 5000
+UI_DEFAULT = f"http://127.0.0.1:{UI_PORT}"
+UI_OVERRIDES = ("runtime.home=", "runtime.tracking_uri=", "runtime.experiment=")  # what `herd ui` reads
 REDACTED = "***"
 _SECRET = re.compile(r"(secret|password|passwd|token|credential|api_key|apikey|access_key|private_key)", re.IGNORECASE)
 _SECRET_EXACT = {"key", "secret", "token", "password"}
@@ -26,6 +31,32 @@ _SECRET_EXACT = {"key", "secret", "token", "password"}
 def ui_base(tracking_uri: str, ui: str = UI_DEFAULT) -> str:
     """The web address of the MLflow UI for ``tracking_uri`` (an http server is its own UI)."""
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else ui.rstrip("/")
+
+
+def ui_command(source: str = "") -> str:
+    """The ``herd ui`` command that serves the runs of a command whose recipe was ``source`` (``test --set
+    runtime.home=/x``): the same recipe and the runtime overrides ``herd ui`` reads, nothing else."""
+    ref, *sets = source.split(" --set ")
+    ref = ref.strip()
+    args = ["--recipe", ref] if ref and ref not in ("tiny", "defaults") else []
+    for o in sets:
+        if o.strip().startswith(UI_OVERRIDES):
+            args += ["--set", o.strip()]
+    return " ".join(["herd ui", *args])
+
+
+def serves(base: str, run_id: str, timeout: float = 2.0) -> bool:
+    """An MLflow answers at ``base`` and shows run ``run_id``: the links herd prints for that run's store open
+    there. (Any MLflow answers /health; only one serving the same store knows the run.)"""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/api/2.0/mlflow/runs/get?run_id={run_id}",
+                                    timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, ValueError, urllib.error.URLError):  # nothing listens, another store (404), a bad address
+        return False
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
@@ -63,6 +94,19 @@ def redact_source(source: str) -> str:
         elif w.startswith("--set="):
             words[i] = "--set=" + redact_override(w[len("--set="):])
     return scrub(" ".join(words))
+
+
+def command_name(argv: list[str] | None = None) -> str:
+    """The herd command this process runs, as a user typed it (``herd run --recipe tiny``), secret ``--set``
+    values hidden: MLflow's Source of every run and the Ray job's name on the dashboard."""
+    import os
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    head = os.path.basename(argv[0]) if argv else "herd"
+    if head in ("__main__.py", ""):  # python -m herd
+        head = "herd"
+    return redact_source(" ".join([head, *argv[1:]]))[:500]
 
 
 def recipe_name(source: str) -> str:
@@ -200,6 +244,6 @@ def flow_description(flow: str, source: str, ran: list[tuple[str, str, float]], 
     return "\n".join(lines)
 
 
-__all__ = ["ARCH_KEYS", "UI_DEFAULT", "dataset_entity", "dataset_profile", "experiment_url", "flow_description",
-           "headline_metrics", "model_architecture", "model_url", "output_name", "recipe_name", "recipe_yaml", "redact", "redact_source",
-           "registry_url", "run_url", "ui_base"]
+__all__ = ["ARCH_KEYS", "UI_DEFAULT", "UI_PORT", "command_name", "dataset_entity", "dataset_profile", "experiment_url",
+           "flow_description", "headline_metrics", "model_architecture", "model_url", "output_name", "recipe_name",
+           "recipe_yaml", "redact", "redact_source", "registry_url", "run_url", "serves", "ui_base", "ui_command"]

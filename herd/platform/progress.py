@@ -29,9 +29,14 @@ class Progress:
         self._live: Live | None = None
 
     def header(self, **where: str) -> None:
+        """Where the record goes: ``tracking`` (MLflow's URI), ``store`` (artifacts), ``ui`` (the `herd ui`
+        command that serves a sqlite store; an http tracking URI is its own UI)."""
         if not self.enabled:
             return
-        self.console.print(f"MLflow         {where.get('tracking')}  (open it with `herd ui`)", soft_wrap=True)
+        tracking = where.get("tracking") or ""
+        ui = where.get("ui") or "herd ui"
+        hint = "" if tracking.startswith(("http://", "https://")) else f"  (open it with `{ui}`)"
+        self.console.print(f"MLflow         {tracking}{hint}", soft_wrap=True, highlight=False)
         self.console.print(f"Artifacts      {where.get('store')}", soft_wrap=True)
 
     def ray(self, dashboard: str, token: str, log: str = "") -> None:

@@ -35,6 +35,9 @@ def register_model(client, model_id: str, name: str, digest: str, run_id: str | 
     for mv in client.search_model_versions(f"name = '{name}'"):
         if mv.tags.get("herd.digest") == digest:
             version = mv.version
+            old = mv.tags.get("herd.model_id")
+            if old != model_id and not _exists(client, old):  # its LoggedModel was an unfinished attempt, deleted
+                client.set_model_version_tag(name, version, "herd.model_id", model_id)
             break
     else:
         # Source = the LoggedModel's artifact location, not "models:/m-...": for that form MLflow's sqlite
@@ -52,6 +55,18 @@ def register_model(client, model_id: str, name: str, digest: str, run_id: str | 
             [*have, {"name": name, "version": str(version)}])})
     client.set_registered_model_alias(name, ALIAS, version)
     return str(version)
+
+
+def _exists(client, model_id: str | None) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if not model_id:
+        return False
+    try:
+        client.get_logged_model(model_id)
+        return True
+    except MlflowException:
+        return False
 
 
 @dataclass(frozen=True)

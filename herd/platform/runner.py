@@ -40,6 +40,7 @@ from herd.platform import cache
 from herd.platform.errors import FlowError, StepFailed
 from herd.platform.lease import LeaseHeld, StepLease
 from herd.platform.lineage import LineageRecorder
+from herd.platform.mlflow_views import ui_command
 from herd.platform.progress import Progress
 from herd.platform.runtime import Runtime
 from herd.platform.step import MetricLogger, Resources, Step, StepContext
@@ -240,7 +241,7 @@ class Runner:
         result = RunResult()
         self.rt.prepare()  # Ray itself starts only when a step has to run: a cached pipeline takes seconds
         progress = Progress([s.name for s in ordered], enabled=self.show_progress)
-        progress.header(tracking=self.rt.tracking_uri, store=self.store.root)
+        progress.header(tracking=self.rt.tracking_uri, store=self.store.root, ui=ui_command(recipe_source))
         sink = _MetricSink(self, progress)
         known: dict[str, dict[str, str]] = {}
         remaining = list(ordered)
@@ -338,7 +339,8 @@ class Runner:
             return {}
         import ray
 
-        tags = {"herd.ray.dashboard": self.rt.ray.dashboard_url, "herd.ray.address": self.rt.ray.address}
+        tags = {"herd.ray.dashboard": self.rt.ray.dashboard_url, "herd.ray.address": self.rt.ray.address,
+                "herd.ray.job_name": self.rt.ray.job_name}
         try:
             tags["herd.ray.job_id"] = ray.get_runtime_context().get_job_id()
         except (RuntimeError, AttributeError):  # Ray not initialized in this process
@@ -438,11 +440,16 @@ class Runner:
             raise self._failed(step, run_id, e, progress) from e
         sink.flush()
         outputs = {name: Artifact(self.store, m) for name, m in out["outputs"].items()}
-        with self._lock:
-            self.lineage.log_sources(run_id, out["sources"])
-            self._log_artifacts(run_id, out.get("artifacts", []))
-            model_ids = self.lineage.record_outputs(run_id, step.name, outputs, step.roles, recipe_source, inputs)
-            self.lineage.end_run(run_id, "FINISHED")
+        try:  # a step whose outputs cannot be recorded has failed: its run says so and no LoggedModel stays
+            with self._lock:
+                self.lineage.discard_dead_attempts(step.name, run_id)  # we hold the lease: the others are dead
+                self.lineage.log_sources(run_id, out["sources"])
+                self._log_artifacts(run_id, out.get("artifacts", []))
+                model_ids = self.lineage.record_outputs(run_id, step.name, outputs, step.roles, recipe_source,
+                                                        inputs)
+                self.lineage.end_run(run_id, "FINISHED")
+        except Exception as e:  # MLflow refusing a write, of any type: the step failed
+            raise self._failed(step, run_id, e, progress) from e
         rec.outputs = {n: a.digest for n, a in outputs.items()}
         rec.models = model_ids
         rec.run_id, rec.flow_run_id, rec.tracking_uri = run_id, flow_run, self.rt.tracking_uri

@@ -12,6 +12,11 @@ recorded in ``$HERD_HOME/services.json`` if that very process still runs; else a
 command (``ray.init(address="local")``). Never Ray's own ``ray_current_cluster`` file: a head another tool left
 behind, or one that is gone, would capture or hang the run.
 
+The driver is a Ray job named after the command (``herd run --recipe tiny``, secret ``--set`` values hidden: the
+dashboard's Jobs table shows it as "Name"); MLflow runs carry its job id and dashboard link (herd.platform.runner).
+With ``route_logs`` (the CLI) Ray's own output goes to ``$HERD_HOME/logs/ray-<time>-<pid>.log`` and MLflow's
+(``Creating initial MLflow database tables...``) to ``$HERD_HOME/logs/mlflow-client.log``; herd prints its own lines.
+
 Secrets: S3 credentials from the environment are put into the store's storage options, so Ray tasks and
 Ray Train workers receive them inside their (pickled) arguments; ``task_env()`` forwards only non-secret
 settings in ``runtime_env``, which the Ray dashboard displays. ``credentials()`` / ``with_credentials`` carry
@@ -24,6 +29,7 @@ the rest for code that reads S3 through the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -35,6 +41,7 @@ from typing import Any
 from herd.platform import services as _services
 from herd.platform.config import RuntimeConfig
 from herd.platform.errors import HerdError
+from herd.platform.mlflow_views import command_name
 from herd.platform.raylog import RayLog
 from herd.platform.services import down, free_port, read_services, services_file
 from herd.platform.store import ArtifactStore
@@ -94,6 +101,46 @@ def base_env(home: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # the Ray CLI needs it with a token path (Ray 2.60)
 
 
+MLFLOW_LOG = "mlflow-client.log"  # under $HERD_HOME/logs; `mlflow.log` is `herd up`'s server
+
+
+class MlflowLog:
+    """MLflow's own log lines ("Creating initial MLflow database tables...", "Updating database tables", ...) go
+    to a file under HERD_HOME instead of the terminal herd prints its progress on; its warnings and errors
+    still reach the terminal as well. ``stop()`` gives MLflow its own handlers back."""
+
+    LOGGERS = ("mlflow", "alembic")  # the loggers MLflow configures (sqlalchemy.engine stays at WARNING)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._saved: list[tuple[logging.Logger, list[logging.Handler]]] = []
+        self._file: logging.FileHandler | None = None
+
+    def start(self) -> MlflowLog:
+        import mlflow  # noqa: F401 -- MLflow sets its loggers' handlers when imported: replace them after that
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = logging.FileHandler(self.path, encoding="utf-8")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, list(logger.handlers)))
+            terminal = logging.StreamHandler(sys.stderr)
+            terminal.setLevel(logging.WARNING)
+            if logger.handlers:
+                terminal.setFormatter(logger.handlers[0].formatter)
+            logger.handlers = [self._file, terminal]
+        return self
+
+    def stop(self) -> None:
+        for logger, handlers in self._saved:
+            logger.handlers = handlers
+        self._saved = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 @dataclass
 class RayInfo:
     address: str
@@ -101,6 +148,7 @@ class RayInfo:
     token_path: str  # where the token is; print TOKEN_COMMAND to users, never the token
     started_here: bool
     log_path: str = ""  # Ray's own output of this command (empty when it was left where it goes by default)
+    job_name: str = ""  # the name this driver's Ray job has on the dashboard (empty: Ray was initialized elsewhere)
     token_command: str = TOKEN_COMMAND
 
 
@@ -156,8 +204,10 @@ class Runtime:
     """
 
     def __init__(self, cfg: RuntimeConfig | None = None, *, address: str | None = None,
-                 tracking_uri: str | None = None, store: str | None = None, route_logs: bool = False):
+                 tracking_uri: str | None = None, store: str | None = None, route_logs: bool = False,
+                 job_name: str | None = None):
         cfg = cfg or RuntimeConfig()
+        self.job_name = job_name or command_name()  # the Ray job's name on the dashboard (Jobs: "Name")
         self.cfg = cfg
         self.home = cfg.resolved_home()
         running = read_services(self.home)
@@ -170,6 +220,7 @@ class Runtime:
         self.ray: RayInfo | None = None
         self.route_logs = route_logs
         self._raylog: RayLog | None = None
+        self._mlflowlog: MlflowLog | None = None
 
     # ------------------------------------------------------------------------------------------ parts
     def artifact_store(self) -> ArtifactStore:
@@ -193,9 +244,12 @@ class Runtime:
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def prepare(self) -> None:
-        """Create HERD_HOME and set the process env (token path, telemetry off, Train report interval)."""
+        """Create HERD_HOME and set the process env (token path, telemetry off, Train report interval); with
+        ``route_logs``, MLflow's own log lines go to ``$HERD_HOME/logs/mlflow-client.log`` from now on."""
         self.home.mkdir(parents=True, exist_ok=True)
         base_env(self.home)
+        if self.route_logs and self._mlflowlog is None:
+            self._mlflowlog = MlflowLog(self.home / "logs" / MLFLOW_LOG).start()
 
     def ensure_persistent(self, on_event: Any = None) -> dict[str, Any]:
         """Use a Ray head that outlives this command: the recorded one, else start one as ``herd up`` does.
@@ -259,12 +313,20 @@ class Runtime:
         dash = info.dashboard_url or ""
         self.ray = RayInfo(info.address_info.get("gcs_address", self.ray_address or ""),
                            f"http://{dash}" if dash and not dash.startswith("http") else dash, token, started,
-                           log_path)
+                           log_path, job_name=self.job_name)
         return self.ray
+
+    def job_config(self) -> Any:
+        """This driver as a Ray job: named after the herd command (the dashboard's Jobs table shows the metadata key
+        ``job_name`` as "Name"; the entrypoint column keeps the raw ``python .../herd ...`` line Ray reads from
+        the process) and tagged with its HERD_HOME."""
+        from ray.job_config import JobConfig
+
+        return JobConfig(metadata={"job_name": self.job_name, "herd_home": str(self.home)})
 
     def _init_ray(self, ray: Any) -> tuple[Any, bool]:
         if self.ray_address:
-            return ray.init(address=self.ray_address, log_to_driver=True), False
+            return ray.init(address=self.ray_address, log_to_driver=True, job_config=self.job_config()), False
         kw: dict[str, Any] = {}
         if self.cfg.num_cpus:
             kw["num_cpus"] = self.cfg.num_cpus
@@ -278,7 +340,7 @@ class Runtime:
         # say which port it got.
         port = None if self.cfg.dashboard_port == DEFAULT_DASHBOARD_PORT else free_port(self.cfg.dashboard_port)
         info = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                        log_to_driver=True, **kw)
+                        log_to_driver=True, job_config=self.job_config(), **kw)
         return info, True
 
     def _stop_log(self) -> None:
@@ -300,6 +362,9 @@ class Runtime:
         finally:
             self.ray = None
             self._stop_log()
+            if self._mlflowlog is not None:
+                self._mlflowlog.stop()
+                self._mlflowlog = None
 
 
 def _dashboard() -> str:
@@ -323,5 +388,6 @@ def up(cfg: RuntimeConfig, **kw: Any) -> dict[str, Any]:
 _free_port = free_port  # old private name, kept for callers outside this module
 
 
-__all__ = ["FORWARD_ENV", "SECRET_ENV", "TOKEN_COMMAND", "Credentials", "RayInfo", "Runtime", "base_env", "down",
-           "free_port", "read_services", "services_file", "token_path", "up", "with_credentials", "write_private"]
+__all__ = ["FORWARD_ENV", "MLFLOW_LOG", "SECRET_ENV", "TOKEN_COMMAND", "Credentials", "MlflowLog", "RayInfo", "Runtime",
+           "base_env", "command_name", "down", "free_port", "read_services", "services_file", "token_path", "up",
+           "with_credentials", "write_private"]
