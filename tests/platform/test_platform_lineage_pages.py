@@ -143,6 +143,9 @@ def test_models_are_named_by_role_with_params_metrics_parent_files_and_registry(
     assert metrics["eval/loss"].dataset_name == "uidata.make.val"
     assert metrics["loss"].dataset_name == "uidata.make.train"
     assert not any(k.startswith("moe/") for k in metrics)
+    # the model's metrics are the run's last points: its charts gain no point (no step-0 copy of the final value)
+    assert [m.step for m in client.get_metric_history(res.records["uitrain.student"].run_id, "loss")] == [1, 2]
+    assert metrics["loss"].step == 2
     assert s.tags["herd.parent"] == teacher_id and t.tags["herd.child.test-student"] == student_id
     assert "test-student" in t.tags["mlflow.note.content"]
     files = {f.path for f in client.list_logged_model_artifacts(student_id)}
@@ -206,3 +209,71 @@ def test_links_open_the_runs_view(ran):
         f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
     run_id = res.records["uidata.make"].run_id
     assert runner.lineage.run_url(run_id) == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}"
+
+
+def test_a_step_that_fails_while_recording_its_outputs_leaves_no_model(ray_local, herd_home, monkeypatch):
+    """Issue 13: a LoggedModel exists only for a step run that FINISHED. A failure while the outputs are recorded
+    (MLflow refusing a write) fails the step and deletes the model it had created; a model an earlier, killed
+    attempt left behind (its run never finished) is deleted by the next attempt, which holds the step's lease."""
+    from herd.platform import model_metrics
+    from herd.platform.errors import StepFailed
+
+    recipe = load_recipe("test", [f"runtime.home={herd_home}"])
+    runner = Runner(Runtime(RuntimeConfig(home=str(herd_home))), progress=False)
+    client = MlflowClient(runner.rt.tracking_uri)
+    exp = runner.lineage.experiment_id
+    # what a driver killed while recording leaves: a RUNNING step run with a model (and a registry version)
+    dead_run = client.create_run(exp, run_name="uitrain.teacher", tags={"herd.step": "uitrain.teacher"}).info.run_id
+    dead = client.create_logged_model(exp, name="test-teacher", source_run_id=dead_run,
+                                      tags={"herd.step": "uitrain.teacher", "herd.digest": "0" * 64}).model_id
+
+    real = model_metrics.attach_output_metrics
+
+    def refuse(client, experiment_id, run_id, outputs):  # MLflow refuses a write once the teacher's model exists
+        if any(a.kind == "model" for a in outputs.values()):
+            raise RuntimeError("MLflow refused the write")
+        return real(client, experiment_id, run_id, outputs)
+
+    monkeypatch.setattr(model_metrics, "attach_output_metrics", refuse)
+    with pytest.raises(StepFailed, match="uitrain.teacher.*MLflow refused the write"):
+        runner.run(pipeline(), recipe=recipe)
+    failed = client.search_runs([exp], "tags.`herd.step` = 'uitrain.teacher' and attributes.status = 'FAILED'")
+    assert len(failed) == 1 and "MLflow refused the write" in failed[0].data.tags["herd.error"]
+    # the failed attempt's own model was rolled back, the dead attempt's deleted by the attempt holding the lease
+    assert list(client.search_logged_models([exp])) == []
+    assert list(client.search_registered_models(filter_string="name = 'test-teacher'")) == []
+
+    monkeypatch.undo()
+    monkeypatch.setenv("HERD_HOME", str(herd_home))
+    res = runner.run(pipeline(), recipe=recipe)
+    assert res.executed == ["uitrain.teacher", "uitrain.student"]
+    teacher = res.records["uitrain.teacher"]
+    models = {m.name: m for m in client.search_logged_models([exp])}
+    assert set(models) == {"test-teacher", "test-student"} and models["test-teacher"].model_id != dead
+    assert models["test-teacher"].source_run_id == teacher.run_id
+    for m in models.values():  # every model left was made by a run that finished
+        assert client.get_run(m.source_run_id).info.status == "FINISHED" and str(m.status).endswith("READY")
+    assert resolve_registered(runner.rt.tracking_uri, f"models:/test-teacher@{ALIAS}").model_id == \
+        models["test-teacher"].model_id
+
+
+def test_printed_links_open_where_something_serves_them(ran, mlflow_server, capsys):
+    """Issue 13: a link herd prints for a sqlite store opens only once `herd ui` serves it, so herd prints that
+    command (with the recipe and runtime overrides `herd ui` needs) unless an MLflow already serves the store."""
+    from herd.platform import mlflow_views as views
+    from herd.platform.lineage import LineageRecorder
+
+    runner, res, _, _ = ran
+    flow_run = res.flow_runs["uitrain"]
+    line = runner.lineage.where_to_look(flow_run, "test --set runtime.home=/x --set pretrain.steps=3")
+    assert line == (f"MLflow: {runner.lineage.experiment_url()} "
+                    "(run `herd ui --recipe test --set runtime.home=/x` to serve it)")
+    assert views.ui_command("tiny --set runtime.storage_options.secret=***") == "herd ui"
+    assert views.serves(views.UI_DEFAULT.replace("5000", "9"), flow_run) is False  # nothing listens on port 9
+    # an MLflow server that does not hold this run is not "serving it"; one that does is (its link opens)
+    assert views.serves(mlflow_server, flow_run) is False
+    remote = LineageRecorder(mlflow_server, f"links-{flow_run[:8]}")
+    other = remote.start_flow_run("uitrain", {})
+    assert views.serves(mlflow_server, other) is True
+    assert remote.where_to_look(other) == f"MLflow: {remote.experiment_url()}"
+    assert remote.experiment_url().startswith(mlflow_server + "/#/experiments/")

@@ -201,12 +201,71 @@ def test_up_down_then_run_finishes(tmp_path):
     assert _herd(["token"], env, timeout=60).stdout.strip() == token
     recorded = json.loads(Path(env["HERD_HOME"], "services.json").read_text())
     assert recorded["ray"]["cmd"] and recorded["ray"]["started"]
+    _a_herd_command_is_a_named_ray_job(env, recorded["ray"], token)
+    t0 = time.monotonic()
     down = _herd(["down"], env, timeout=120)
+    took = time.monotonic() - t0
     assert down.returncode == 0 and "stopping ray" in down.stdout and "stopped: " in down.stdout, down.stdout
+    assert "stopped ray in" in down.stdout and "stopped mlflow in" in down.stdout, down.stdout  # never silent
+    print(f"herd down took {took:.1f} s")
+    assert took < 30, (took, down.stdout)  # it took ~33 s in silence (Ray's 30 s drain on SIGTERM)
     assert not (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").exists()
     run = _herd(["flow", "data", *[f"--set={s}" for s in SMALL_DATA]], env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert not [n for n in RAY_NOISE if n in run.stdout + run.stderr], (run.stdout + run.stderr)[-3000:]
+
+
+def _a_herd_command_is_a_named_ray_job(env: dict[str, str], head: dict, token: str) -> None:
+    """A herd command attached to `herd up`'s head shows on the dashboard's Jobs table by name (the metadata key
+    `job_name`; the entrypoint stays Ray's raw `python .../herd ...`), secret --set values hidden."""
+    script = textwrap.dedent("""
+        import sys
+        sys.argv = ["/venv/bin/herd", "flow", "data", "--recipe", "test", "--set", "runtime.storage_options.secret=s3cr3t"]
+        from herd.platform.runtime import Runtime
+        rt = Runtime(route_logs=True)
+        info = rt.start()
+        import ray
+        print("JOB", ray.get_runtime_context().get_job_id(), info.job_name, info.started_here)
+        rt.stop()
+    """)
+    res = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    _, job_id, *name, started = next(x for x in res.stdout.splitlines() if x.startswith("JOB ")).split(" ")
+    assert started == "False" and " ".join(name) == "herd flow data --recipe test --set runtime.storage_options.secret=***"
+    import urllib.request
+
+    req = urllib.request.Request(f"{head['dashboard']}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        jobs = {j["job_id"]: j for j in json.loads(r.read())}
+    assert jobs[job_id]["metadata"]["job_name"] == " ".join(name), jobs[job_id]
+    assert jobs[job_id]["metadata"]["herd_home"] == env["HERD_HOME"]
+    assert "s3cr3t" not in json.dumps(jobs[job_id])
+
+
+def test_mlflow_own_log_lines_go_to_a_file_not_the_terminal(tmp_path):
+    """Issue 13: "Creating initial MLflow database tables..." reached the terminal of `herd run`."""
+    script = textwrap.dedent(f"""
+        import logging
+        from herd.platform.config import RuntimeConfig
+        from herd.platform.lineage import LineageRecorder
+        from herd.platform.runtime import Runtime
+        rt = Runtime(RuntimeConfig(home={str(tmp_path / 'home')!r}), route_logs=True)
+        rt.prepare()
+        LineageRecorder(rt.tracking_uri, "herd")   # a new sqlite store: MLflow creates its tables
+        logging.getLogger("mlflow.herdtest").warning("an MLflow warning")
+        rt.stop()
+        logging.getLogger("mlflow.herdtest").info("after stop")   # MLflow's own handlers are back
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
+    res = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Creating initial MLflow database tables" not in res.stderr + res.stdout
+    assert "an MLflow warning" in res.stderr and "after stop" in res.stderr  # warnings still show
+    log = (tmp_path / "home" / "logs" / "mlflow-client.log").read_text()
+    assert "Creating initial MLflow database tables" in log and "an MLflow warning" in log
+    assert "after stop" not in log
 
 
 @pytest.mark.slow

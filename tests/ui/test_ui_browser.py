@@ -3,7 +3,8 @@ Python package (no browser download), on the finished test-sized pipeline (tests
 
 Checks what a user looks for: the link `herd ui` prints opens the runs (not MLflow's GenAI overview); the
 student's model page shows metrics, params, a dataset and its parent; the Model Registry lists the role models;
-a training run's plot renders although `herd ui` was started outside HERD_HOME. Screenshots are kept under the
+a training run's charts show the held-out loss, loss, CE and lr before the MoE charts, and no `step` / `tokens`
+charts; a training run's plot renders although `herd ui` was started outside HERD_HOME. Screenshots are kept under the
 directory the test prints ($HERD_TEST_ARTIFACTS/ui-screenshots when set). `.ci/run` installs chromium.
 
     .venv/bin/python -m pytest tests/ui -x -q -s
@@ -189,3 +190,24 @@ def test_plots_render_outside_herd_home(ui, page, shots, mlflow):
         page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "05-plot.png"), full_page=True)
     assert widths and max(widths) > 300, widths  # the PNG loaded (a broken image has naturalWidth 0)
+
+
+def test_training_charts_show_the_losses_before_the_moe_charts(ui, page, shots, mlflow):
+    """MLflow 3.17 draws a run's charts in sections: named ones (the key's part before the last "/") sorted by
+    name, then "Model metrics"; charts sorted by key inside (RunsChartsCardConfig.getBaseChartAndSectionConfigs).
+    herd.train.metrics.for_mlflow names the keys so the losses come first; checked here as a user sees it."""
+    client, exp = mlflow
+    (run,) = client.search_runs([exp], "tags.`herd.step` = 'pretrain.train' and attributes.status = 'FINISHED'",
+                                max_results=1)
+    page.set_viewport_size({"width": 1440, "height": 4000})  # MLflow renders only the charts in view
+    try:
+        page.goto(f"{ui['base']}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics")
+        body = _wait_text(page, "pretrain.train (moe.layer1.entropy)", "pretrain.train (lr)")
+        page.screenshot(path=str(shots / "06-training-charts.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1000})
+    charts = re.findall(r"pretrain\.train \(([^)\n]+)\)", body)  # each chart's legend names its metric
+    assert charts[0] == "eval/loss", charts
+    first_moe = next(i for i, k in enumerate(charts) if k.startswith("moe"))
+    assert all(charts.index(k) < first_moe for k in ("loss", "ce", "lr")), charts
+    assert "step" not in charts and "tokens" not in charts, charts
