@@ -85,8 +85,11 @@ class CalibrationConfig(_Section):
     seq_len: int = Field(256, ge=8, description="Tokens per calibration sequence.")
     split: Literal["pretrain", "sft"] = Field("pretrain", description="Packed training data the calibration "
                                               "rows come from (sft: chat rows, for post-trained models).")
-    heldout_samples: int = Field(64, ge=1, description="Validation rows (never trained or calibrated on) for the "
-                                 "gate's KL, top-1 agreement and mini-eval items.")
+    # 32 rows of 256 tokens: ~8k held-out tokens pin the mean KL and top-1 agreement well below the gate's margins;
+    # 64 rows doubled the gate's forward passes (7.8 s of a 38 s tiny quantize step on a busy box) for no decision
+    # that changed. GPTQ keeps 64 calibration rows: 32 cost 4 % more held-out layer error for 0.8 s saved (tiny dpo).
+    heldout_samples: int = Field(32, ge=1, description="Validation rows (never trained or calibrated on) for the "
+                                 "gate's KL and top-1 agreement.")
 
 
 class QuantizeConfig(_Section):
