@@ -1,6 +1,7 @@
-"""Chart order on MLflow's run page: sections sort by name and the ungrouped "Model metrics" comes last (checked in
-Chromium, see herd/train/metrics.py), so MoE charts must not form sections before the loss, CE and lr charts;
-`step` and `tokens` are never charts."""
+"""Chart order on MLflow's run page: sections sort by name and the ungrouped "Model metrics" comes last, charts sort by
+key inside a section (MLflow 3.17's RunsChartsCardConfig.getBaseChartAndSectionConfigs; seen in Chromium by
+tests/ui/test_ui_browser.py), so MoE charts must not form sections before the loss, CE and lr charts; `step` and
+`tokens` are never charts."""
 
 from __future__ import annotations
 
