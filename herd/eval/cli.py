@@ -25,7 +25,7 @@ from herd.eval.report import PRIMARY, SUITE_ORDER
 DATASET = "herd-eval"
 
 
-def _eval_inputs(recipe: Any, runtime: Any) -> tuple[Any, Any]:
+def eval_inputs(recipe: Any, runtime: Any) -> tuple[Any, Any]:
     """(eval set, packed validation set) artifacts, running the data flow / eval-set step if not cached."""
     import herd.flows as registry
     from herd.flows.evaluate import evalset
@@ -62,7 +62,7 @@ def eval_model(ref: str, recipe: Any, runtime: Any, *, harness_url: str | None =
     store = runtime.artifact_store()
     model = resolve_model(ref, store, tracking_uri=runtime.tracking_uri, recipe=recipe)
     say(f"model {model.label} ({model.step or 'import'}) at {model.artifact.uri}")
-    es, val = _eval_inputs(recipe, runtime)
+    es, val = eval_inputs(recipe, runtime)
     cfg = recipe.evaluate
     t0 = time.perf_counter()
     lm = HerdLM.load(model.artifact.local_path(), batch_size=cfg.batch_size, threads=cfg.threads,
@@ -136,4 +136,4 @@ def show_summary(runtime: Any) -> dict[str, Any]:
     return {"suites": present, "rows": rows, "comparisons": [], "confidence": 0.95}
 
 
-__all__ = ["eval_model", "show_summary"]
+__all__ = ["eval_inputs", "eval_model", "show_summary"]

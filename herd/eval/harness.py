@@ -70,8 +70,10 @@ def run_harness(evalset_dir: str | Path, *, backend: str = "local-completions", 
         url = base_url.rstrip("/")
         url = url if url.endswith("/completions") else f"{url}/completions" if url.endswith("/v1") \
             else f"{url}/v1/completions"
+        # token ids, not strings: the server scores exactly the ids whose context length lm-eval counted
+        # (serve-eval-notes §4.2); herd's server and vLLM both take token-id prompts
         args: dict[str, Any] = {"model": model_name, "base_url": url, "num_concurrent": 1, "max_retries": 3,
-                                "tokenized_requests": False}
+                                "tokenized_requests": True}
         if tokenizer is not None:  # a local tokenizer instead of the server's /tokenize routes
             args.update(tokenizer_backend="huggingface", tokenizer=str(tokenizer))
         if api_key:
