@@ -12,7 +12,7 @@ test_lm_engine.py``): ``generation="static"`` (the default), ``herd.model.genera
 answers with). The engine's ``token_ids`` end with the stop token that finished them (vLLM's convention); here
 that token is dropped, as ``herd.model.generate`` does. Static stays the default because it measured faster on
 every tiny model (the teacher with every suite: 30.4 s vs 50.2 s, NIAH's 2k-token prefills 11.4 vs 27.7 s;
-docs/benchmarks.md, evaluate): the engine prefills new prompts one sequence at a time per step. Prompts with
+docs/benchmarks.md, evaluate; engine at d4091d9, not profiled further). Prompts with
 image tiles always use ``herd.model.generate`` (the engine takes token ids only). Scoring is a plain batched
 forward by default (``scoring="engine"``: ``Engine.score``, same numbers). Forward rows are RIGHT-padded, which
 is exact: attention is causal and MoE routing is per token (no capacity limit), so pad tokens after a row's end
