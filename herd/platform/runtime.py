@@ -29,11 +29,13 @@ the rest for code that reads S3 through the environment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,13 +320,16 @@ class Runtime:
 
     def job_config(self) -> Any:
         """This driver as a Ray job: named after the herd command (the dashboard's Jobs table shows the metadata key
-        ``job_name`` as "Name"; the entrypoint column keeps the raw ``python .../herd ...`` line Ray reads from
-        the process) and tagged with its HERD_HOME."""
+        ``job_name`` as "Name", and ``_entrypoint`` makes it the "Entrypoint" too) and tagged with its HERD_HOME."""
         from ray.job_config import JobConfig
 
         return JobConfig(metadata={"job_name": self.job_name, "herd_home": str(self.home)})
 
     def _init_ray(self, ray: Any) -> tuple[Any, bool]:
+        with _entrypoint(self.job_name):
+            return self._init_ray_named(ray)
+
+    def _init_ray_named(self, ray: Any) -> tuple[Any, bool]:
         if self.ray_address:
             return ray.init(address=self.ray_address, log_to_driver=True, job_config=self.job_config()), False
         kw: dict[str, Any] = {}
@@ -365,6 +370,27 @@ class Runtime:
             if self._mlflowlog is not None:
                 self._mlflowlog.stop()
                 self._mlflowlog = None
+
+
+@contextlib.contextmanager
+def _entrypoint(name: str) -> Iterator[None]:
+    """While ``ray.init`` runs, Ray's entrypoint of this driver (the dashboard's Jobs "Entrypoint") is ``name``.
+
+    Ray reads it from the process's own command line, where a ``--set runtime.storage_options.secret=...`` stands
+    in clear; ``name`` is the same command with secret values hidden. (Ray 2.60 offers no parameter for it: it calls
+    ``ray._private.utils.get_entrypoint_name()``; left as is if a Ray version lacks that function.)
+    """
+    import ray._private.utils as ray_utils
+
+    original = getattr(ray_utils, "get_entrypoint_name", None)
+    if original is None:
+        yield
+        return
+    ray_utils.get_entrypoint_name = lambda: name
+    try:
+        yield
+    finally:
+        ray_utils.get_entrypoint_name = original
 
 
 def _dashboard() -> str:
