@@ -1,12 +1,14 @@
 """quantize flow: int8 and int4 (and fp8) variants of the pipeline's final model, gated on quality, registered.
 
-    herd flow quantize                                   # tiny: the student, int8 RTN + int4 GPTQ g32, < 1 min
+    herd flow quantize                                   # tiny: the dpo model, int8 RTN + int4 GPTQ g32, < 1 min
     herd flow quantize --set 'quantize.schemes=[{scheme: int4, method: gptq, group_size: 64}]'
 
 One step per scheme, ``quantize.<scheme>`` (a Ray task, 1 CPU): it calibrates (GPTQ) on the data flow's training
 rows, writes a compressed-tensors checkpoint (loads in transformers and vLLM; herd's engine runs it on packed
 kernels via ``herd.quantize.load_quantized``) and gates it against the parent on held-out validation tokens (KL,
-top-1 agreement) and a paired mini-evaluation. A variant that fails a threshold fails its step with what to try; one
+top-1 agreement) and a paired mini-evaluation: herd.eval's arithmetic and multiple-choice suites on the first
+``quantize.eval_items`` items of each in the evaluate flow's eval set (``evaluate.evalset``, built from the data
+flow's tasks alone, so it runs before this step), chat prompts for a post-trained parent. A variant that fails a threshold fails its step with what to try; one
 that passes becomes a LoggedModel with role int8/int4/fp8 whose lineage names the parent model and the
 calibration data. The parent is the last model the flows registered before this one produce, by role order
 (``herd.platform.roles.STAGE_ORDER``: dpo > rl > sft > student > teacher). The library is herd.quantize.
