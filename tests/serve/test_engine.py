@@ -98,6 +98,18 @@ def test_greedy_equals_full_forward_argmax(model: Llama4) -> None:
     assert out.token_ids == seq[len(prompt) :]
 
 
+@torch.no_grad()
+def test_runs_under_bf16_autocast_like_a_bf16_trainer(model: Llama4) -> None:
+    # RL samples from a policy that trains under bf16 autocast: the fp32 slots take bf16 k/v, and the answers
+    # stay the same as the full forward's under the same autocast (it rounds the same matmuls)
+    prompts = _prompts([13, 4, 21], seed=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = _engine(model, slots=3, budget=16).generate_batch(prompts, GREEDY)
+        first = [int(model(torch.tensor([p])).logits[0, -1].argmax()) for p in prompts]
+    assert all(len(o.token_ids) == GREEDY.max_tokens for o in outs)
+    assert [o.token_ids[0] for o in outs] == first
+
+
 def test_seeded_sampling_independent_of_batch_mates(model: Llama4) -> None:
     p = SamplingParams(max_tokens=16, temperature=0.9, top_k=50, top_p=0.9, seed=7, ignore_eos=True)
     target = _prompts([9], seed=5)[0]

@@ -160,10 +160,13 @@ class SlotKV:
             )
         if q.shape[0] != 1:
             raise ValueError(f"SlotKV expects one packed row, got batch {q.shape[0]}")
-        q, k, v = q[0], k[0], v[0]
+        # under autocast (a bf16 trainer sampling RL rollouts) q/k/v arrive in bf16 while the slots keep the
+        # engine's dtype: attend in the slots' dtype (index writes need matching dtypes), answer in the caller's
+        in_dtype, kv_dtype = q.dtype, self.k[layer].dtype
+        q, k, v = q[0].to(kv_dtype), k[0].to(kv_dtype), v[0].to(kv_dtype)
         n1 = len(plan.single_slots)
         if not plan.segments:
-            return self._attend_single(layer, q, k, v, plan)[None]
+            return self._attend_single(layer, q, k, v, plan)[None].to(in_dtype)
         out = q.new_empty(q.shape)
         if n1:
             out[:n1] = self._attend_single(layer, q[:n1], k[:n1], v[:n1], plan)
@@ -174,7 +177,7 @@ class SlotKV:
         if fresh:
             sl = slice(fresh[0].offset, fresh[-1].offset + fresh[-1].n)
             out[sl] = self._attend_fresh(layer, q[sl], k[sl], v[sl], fresh, plan)
-        return out[None]
+        return out[None].to(in_dtype)
 
     def _attend_fresh(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fresh: list[Segment], plan: StepPlan
