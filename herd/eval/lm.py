@@ -177,15 +177,19 @@ class HerdLM:
                 out[i] = g.tokens
         return out
 
-    def _engine(self, max_len: int, n: int) -> Any:
-        """An engine over this model for ``n`` sequences of up to ``max_len`` tokens: as many slots as the batch
-        size allows within ``kv_cache_bytes`` (every slot holds max_len float32 keys and values per layer).
-        The engine gets no tokenizer: answers are decoded here, once, not incrementally per token."""
-        from herd.serve.engine import Engine, EngineConfig
-
+    def _slots(self, max_len: int, n: int) -> int:
+        """Engine slots for ``n`` sequences of up to ``max_len`` tokens: as many as the batch size allows within
+        ``kv_cache_bytes`` (every slot holds max_len float32 keys and values per layer)."""
         cfg = self.model.config
         kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
-        slots = max(1, min(self.batch_size, n, self.kv_cache_bytes // (kv_per_token * max_len)))
+        return max(1, min(self.batch_size, n, self.kv_cache_bytes // (kv_per_token * max_len)))
+
+    def _engine(self, max_len: int, n: int) -> Any:
+        """An engine over this model for ``n`` sequences of up to ``max_len`` tokens (``_slots``). The engine gets
+        no tokenizer: answers are decoded here, once, not incrementally per token."""
+        from herd.serve.engine import Engine, EngineConfig
+
+        slots = self._slots(max_len, n)
         return Engine(self.model, None, EngineConfig(max_num_seqs=slots, max_model_len=max_len,
                                                      max_num_batched_tokens=max(self.step_tokens, slots)))
 
@@ -195,20 +199,19 @@ class HerdLM:
         the class: a decode step attends over the longest live row, so 128-token questions do not decode beside
         2k-token haystacks."""
         from herd.serve.engine import SamplingParams as EngineParams
+        from herd.serve.engine import generate_once
 
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[list[int]] = [[] for _ in prompts]
         while order:
             cut = next((j for j, i in enumerate(order) if len(prompts[i]) > 2 * len(prompts[order[0]])), len(order))
             group, order = order[:cut], order[cut:]
-            engine = self._engine(len(prompts[group[-1]]) + max_new_tokens, len(group))
-            try:
-                params = [EngineParams(max_tokens=max_new_tokens, temperature=temperature,
-                                       seed=None if seed is None or temperature == 0 else seed + i,
-                                       stop_token_ids=list(stop_tokens), ignore_eos=True) for i in group]
-                done = engine.generate_batch([list(prompts[i]) for i in group], params)
-            finally:
-                engine.shutdown()  # removes its lm_head hook: the model is shared with the next engine
+            params = [EngineParams(max_tokens=max_new_tokens, temperature=temperature,
+                                   seed=None if seed is None or temperature == 0 else seed + i,
+                                   stop_token_ids=list(stop_tokens), ignore_eos=True) for i in group]
+            done = generate_once(self.model, [prompts[i] for i in group], params, max_num_batched_tokens=
+                                 self.step_tokens, max_num_seqs=self._slots(len(prompts[group[-1]]) +
+                                                                            max_new_tokens, len(group)))
             for i, c in zip(group, done, strict=True):
                 ids = list(c.token_ids)
                 if c.finish_reason == "stop" and isinstance(c.stop_reason, int) and ids and ids[-1] == c.stop_reason:

@@ -28,21 +28,17 @@ def eval_prompts(rows: Sequence[dict[str, Any]], capability: str, limit: int) ->
 def score_items(model: nn.Module, tok: Any, items: Sequence[Prompt], *, max_new_tokens: int = 40,
                 batch_size: int = 64) -> list[int]:
     """1 where the greedy answer is correct."""
-    from herd.serve.engine import Engine, EngineConfig, SamplingParams
+    from herd.serve.engine import SamplingParams, generate_once
 
     model.eval()
     prompts = [encode_prompt(tok, p.messages) for p in items]
     if not prompts:
         return []
-    engine = Engine(model, None, EngineConfig(max_num_seqs=min(batch_size, len(prompts)), max_num_batched_tokens=
-                                              max(512, max(map(len, prompts)) + max_new_tokens),
-                                              max_model_len=max(map(len, prompts)) + max_new_tokens,
-                                              max_waiting=len(prompts)))
-    try:  # continuous batching: an answer that stops early frees its slot for the next item
-        gens = engine.generate_batch(prompts, SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
-                                                             stop_token_ids=[EOT_ID], ignore_eos=True))
-    finally:
-        engine.shutdown()
+    # continuous batching: an answer that stops early frees its slot for the next item
+    gens = generate_once(model, prompts, SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
+                                                        stop_token_ids=[EOT_ID], ignore_eos=True),
+                         max_num_seqs=batch_size, max_num_batched_tokens=max(512, max(map(len, prompts)) +
+                                                                              max_new_tokens))
     return [int(is_correct(p, tok.decode([t for t in g.token_ids if t != EOT_ID], skip_special_tokens=True))
                 >= 0.5) for p, g in zip(items, gens, strict=True)]
 

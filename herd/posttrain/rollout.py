@@ -88,28 +88,23 @@ def sample_engine(model: nn.Module, prompts: Sequence[Sequence[int]], *, tempera
         raise ValueError(f"rollout temperature must be > 0 (got {temperature}); greedy has no log-probs to train")
     if not prompts:
         return []
-    from herd.serve.engine import Engine, EngineConfig, SamplingParams
+    from herd.serve.engine import SamplingParams, generate_once
 
     was_training = model.training
     model.eval()
-    longest = max(map(len, prompts)) + max_new_tokens
-    n = min(max_num_seqs, len(prompts))
-    engine = Engine(model, None, EngineConfig(max_num_seqs=n, max_model_len=longest, seed=seed,
-                                              # a batch job, not a latency-bound server: big steps amortize
-                                              # the per-step Python work over more prefill tokens
-                                              max_num_batched_tokens=max(2048, n, longest),
-                                              max_waiting=max(len(prompts), 1)))  # all submitted at once
     try:
         # only `stop` ends a row (ignore_eos): the same stop set as the static sampler, whose rows RL trains on
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, stop_token_ids=list(stop),
                                 ignore_eos=True, logprobs=0 if logprobs else None, skip_special_tokens=False)
-        # the engine's KV slots hold the weights' dtype and do not take bf16 writes: it samples in the weights'
-        # precision even under the trainer's autocast (the gap to a bf16 trainer is what logp_gap/* reports)
+        # samples in the weights' precision even under the trainer's autocast (the gap to a bf16 trainer is what
+        # logp_gap/* reports); the engine itself runs under autocast too, so this is a choice, not a limit
         dev = next(model.parameters()).device.type
         with torch.autocast(dev, enabled=False):
-            outs = engine.generate_batch([list(p) for p in prompts], params)
+            # a batch job, not a latency-bound server: big steps amortize the per-step Python work over more
+            # prefill tokens
+            outs = generate_once(model, prompts, params, max_num_seqs=max_num_seqs, seed=seed,
+                                 max_num_batched_tokens=max(2048, max(map(len, prompts)) + max_new_tokens))
     finally:
-        engine.shutdown()
         model.train(was_training)
     samples = [Sample(list(o.token_ids), list(o.logprobs or []), o.finish_reason == "stop") for o in outs]
     if logprobs and temperature != 1.0:  # the engine reports raw log-softmax; RL needs the tempered one

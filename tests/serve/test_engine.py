@@ -18,6 +18,7 @@ from herd.serve.engine import (
     EngineRequestError,
     PromptTooLongError,
     SamplingParams,
+    generate_once,
 )
 
 CHUNK = 8
@@ -108,6 +109,19 @@ def test_runs_under_bf16_autocast_like_a_bf16_trainer(model: Llama4) -> None:
         first = [int(model(torch.tensor([p])).logits[0, -1].argmax()) for p in prompts]
     assert all(len(o.token_ids) == GREEDY.max_tokens for o in outs)
     assert [o.token_ids[0] for o in outs] == first
+
+
+@torch.no_grad()
+def test_generate_once_equals_a_sized_engine_and_needs_max_tokens(model: Llama4) -> None:
+    # the throwaway engine evaluation, the judge and RL rollouts use: same greedy tokens as generate(), its
+    # hooks removed afterwards (the model's own forward is unchanged), and slots sized by max_tokens
+    prompts = _prompts([5, 17, 9], seed=7)
+    outs = generate_once(model, prompts, GREEDY, max_num_seqs=2, max_num_batched_tokens=8)
+    for p, o in zip(prompts, outs, strict=True):
+        assert o.token_ids == generate(model, [p], GenParams(max_new_tokens=20, stop_tokens=[]))[0].tokens
+    with pytest.raises(EngineRequestError, match="max_tokens"):
+        generate_once(model, prompts, SamplingParams(max_tokens=None), max_num_seqs=2, max_num_batched_tokens=8)
+    assert generate_once(model, [], GREEDY, max_num_seqs=2, max_num_batched_tokens=8) == []
 
 
 def test_seeded_sampling_independent_of_batch_mates(model: Llama4) -> None:

@@ -39,7 +39,7 @@ Design: ``kv.py`` (slot pool + packed-step attention), ``scheduler.py`` (budgete
 from __future__ import annotations
 
 from herd.serve.engine.config import EngineConfig
-from herd.serve.engine.engine import Engine
+from herd.serve.engine.engine import Engine, generate_once
 from herd.serve.engine.types import (
     Completion,
     EngineDeadError,
@@ -64,4 +64,5 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "ScoreOutput",
+    "generate_once",
 ]

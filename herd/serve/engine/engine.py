@@ -314,6 +314,35 @@ class Engine:
         return res
 
 
+def generate_once(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams],
+    *,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    seed: int = 0,
+) -> list[Completion]:
+    """Complete a batch of token-id prompts on a throwaway engine over ``model`` (evaluation, the SFT judge, RL
+    rollouts): at most ``max_num_seqs`` slots, each as long as the longest prompt + its ``max_tokens``, every
+    prompt queued at once, and the engine shut down after, removing its hooks, since the model goes on being
+    trained or scored. No tokenizer: callers decode the answers once, not incrementally per token."""
+    plist = _per_prompt(prompts, params)
+    if any(sp.max_tokens is None for sp in plist):
+        raise EngineRequestError("generate_once sizes its slots by max_tokens: set it on every request", "max_tokens")
+    if not prompts:
+        return []
+    n = max(1, min(max_num_seqs, len(prompts)))
+    longest = max(len(p) + int(sp.max_tokens or 0) for p, sp in zip(prompts, plist, strict=True))
+    engine = Engine(model, None, EngineConfig(max_num_seqs=n, max_model_len=longest, seed=seed,
+                                              max_num_batched_tokens=max(max_num_batched_tokens, n),
+                                              max_waiting=len(prompts)))
+    try:
+        return engine.generate_batch([list(p) for p in prompts], plist)
+    finally:
+        engine.shutdown()
+
+
 def _per_prompt(
     prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None
 ) -> list[SamplingParams]:
