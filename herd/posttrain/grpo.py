@@ -13,7 +13,7 @@ Loss per token (PPO clip with DAPO's clip-higher): l_t = -min(rho_t A, clip(rho_
 micro-batch's completion tokens: sum(l * M) / sum(M) (token-level, DAPO sec. 3.3: long answers are not
 under-weighted). On-policy with one update per rollout, rho = exp(logp - logp.detach()) = 1 and only its
 gradient survives (TRL, nanochat), so the sampler's log-probs are not needed for the loss; they are compared
-with the trainer's to log the sampler/trainer gap (`logp_gap/*`), which catches position, temperature and
+with the trainer's to log the sampler/trainer gap (`rollout.logp_gap.*`), which catches position, temperature and
 MoE-routing mismatches (posttrain notes sec. 6.2).
 """
 
@@ -85,8 +85,8 @@ class GRPOObjective:
         loss = loss + aux
         n = batch.mask.sum().clamp_min(1.0)
         gap = (logp.detach() - ex["sampler_logp"]).abs() * batch.mask
-        m.update({"loss": float(loss.detach()), "logp_gap/mean": float(gap.sum() / n),
-                  "logp_gap/max": float(gap.max()), "aux_loss": float(aux.detach()),
+        m.update({"loss": float(loss.detach()), "rollout.logp_gap.mean": float(gap.sum() / n),
+                  "rollout.logp_gap.max": float(gap.max()), "aux_loss": float(aux.detach()),
                   "entropy_proxy": float((-logp.detach() * batch.mask).sum() / n)})
         # rollout statistics the data source attached (reward, pass rates, filter, ledger tiers): the trainer
         # averages metrics over micro-batches, and every micro-batch of a rollout batch carries the same values

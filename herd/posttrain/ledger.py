@@ -143,9 +143,9 @@ class Ledger:
         counts = {t: 0 for t in ("unseen",) + TIERS}
         for e in self.entries.values():
             counts[tier_of(e, cfg)] += 1
-        out = {f"ledger/{t}": c / n for t, c in counts.items()}
+        out = {f"rollout.ledger.{t}": c / n for t, c in counts.items()}
         emas = [e.ema for e in self.entries.values() if e.ema is not None]
-        out["ledger/mean_pass_rate"] = float(np.mean(emas)) if emas else 0.0
+        out["rollout.ledger.mean_pass_rate"] = float(np.mean(emas)) if emas else 0.0
         return out
 
     # ---- state / artifact --------------------------------------------------------------------------------

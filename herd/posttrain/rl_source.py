@@ -55,7 +55,7 @@ class RolloutSource:
                  rank: int, world: int, bf16: bool = False) -> None:
         self.model, self.tok, self.cfg, self.rank, self.world = model, tok, cfg, rank, world
         # sample under the trainer's autocast, so both sides compute the same (bf16) log-probs; the remaining
-        # gap (different matmul shapes round differently) is what `logp_gap/*` reports
+        # gap (different matmul shapes round differently) is what `rollout.logp_gap.*` reports
         self.bf16 = bf16
         self.prompts = {p.prompt_id: p for p in prompts}
         # the ledger may also hold the SFT judge's rows: the RL pool is the prompts this step was given
@@ -137,14 +137,17 @@ class RolloutSource:
                 g["adv"] = group_advantages(r, cfg.scale_rewards)[0].tolist()
                 kept.append(g)
         every = seen_members
-        stats = {"rollout/groups_kept": float(len(kept)), "rollout/zero_var_frac": dropped / max(seen, 1),
-                 "rollout/gen_rounds": float(rounds), "rollout/groups_seen": float(seen),
+        # MLflow's run page draws named sections (the key before its last "/") ahead of the ungrouped "Model
+        # metrics" and sorts charts by key: only the reward, RL's headline, keeps a "/" and leads the page; the
+        # diagnostics are dotted, so they follow loss and lr (tests/ui/test_ui_charts.py)
+        stats = {"rollout.groups_kept": float(len(kept)), "rollout.zero_var_frac": dropped / max(seen, 1),
+                 "rollout.gen_rounds": float(rounds), "rollout.groups_seen": float(seen),
                  "rollout/reward": float(np.mean([m["reward"] for m in every])) if every else 0.0,
-                 "rollout/mean_len": float(np.mean([len(m["tokens"]) for m in every])) if every else 0.0,
-                 "rollout/truncated": float(np.mean([not m["stopped"] for m in every])) if every else 0.0,
-                 "rollout/seconds": time.perf_counter() - t0}  # generation + grading: the step's share of it
+                 "rollout.mean_len": float(np.mean([len(m["tokens"]) for m in every])) if every else 0.0,
+                 "rollout.truncated": float(np.mean([not m["stopped"] for m in every])) if every else 0.0,
+                 "rollout.seconds": time.perf_counter() - t0}  # generation + grading: the step's share of it
         for cap, vals in caps.items():
-            stats[f"rollout/pass_rate/{cap}"] = float(np.mean(vals))
+            stats[f"rollout.pass_rate.{cap}"] = float(np.mean(vals))
         stats.update(self.ledger.summary(cfg.tiers))
         self.step += 1
         return self._micro_batches(kept, stats)

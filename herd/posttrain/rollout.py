@@ -97,7 +97,7 @@ def sample_engine(model: nn.Module, prompts: Sequence[Sequence[int]], *, tempera
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, stop_token_ids=list(stop),
                                 ignore_eos=True, logprobs=0 if logprobs else None, skip_special_tokens=False)
         # samples in the weights' precision even under the trainer's autocast (the gap to a bf16 trainer is what
-        # logp_gap/* reports); the engine itself runs under autocast too, so this is a choice, not a limit
+        # rollout.logp_gap.* reports); the engine itself runs under autocast too, so this is a choice, not a limit
         dev = next(model.parameters()).device.type
         with torch.autocast(dev, enabled=False):
             # a batch job, not a latency-bound server: big steps amortize the per-step Python work over more

@@ -176,7 +176,7 @@ def measure(model_dir: str | Path, parent_dir: str | Path, tok_dir: str | Path, 
         if not ps:
             continue
         c, p = score_items(child, tok, ps), score_items(parent, tok, ps)
-        metrics.update(compare(c, p, f"vs_parent/{name}"))
+        metrics.update(compare(c, p, f"vs_parent.{name}"))
         items[name], items[f"{name}_parent"] = c, p
     return metrics, items
 

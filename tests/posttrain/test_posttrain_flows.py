@@ -47,14 +47,14 @@ def test_sft_rl_dpo_flows(finished_pipeline):
         report = json.loads((get(rec.outputs["report"]).local_path() / "vs_parent.json").read_text())
         assert len(report["items"]["arithmetic"]) == len(report["items"]["arithmetic_parent"]) == post.eval_items
         metrics = client.get_run(rec.run_id).data.metrics
-        assert "vs_parent/arithmetic/mcnemar_p" in metrics and "loss" in metrics, (step, sorted(metrics))
+        assert "vs_parent.arithmetic.mcnemar_p" in metrics and "loss" in metrics, (step, sorted(metrics))
         assert client.get_logged_model(rec.models["model"]).tags.get("herd.role", role) == role
 
     rl_metrics = client.get_run(res.records["rl.train"].run_id).data.metrics
-    for key in ("rollout/reward", "rollout/zero_var_frac", "rollout/groups_kept", "logp_gap/max",
-                "ledger/medium", "rollout/pass_rate/arithmetic"):
+    for key in ("rollout/reward", "rollout.zero_var_frac", "rollout.groups_kept", "rollout.logp_gap.max",
+                "rollout.ledger.medium", "rollout.pass_rate.arithmetic"):
         assert key in rl_metrics, key
-    assert rl_metrics["logp_gap/max"] < 1e-3
+    assert rl_metrics["rollout.logp_gap.max"] < 1e-3
     # the RL ledger: input rows carried over, RL pool attempted further
     rl_rec = res.records["rl.train"]
     out = {json.loads(x)["prompt_id"]: json.loads(x) for x in

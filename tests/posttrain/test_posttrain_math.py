@@ -101,7 +101,7 @@ def test_ledger_update_tiers_and_curriculum() -> None:
     assert picks == led.sample(4, np.random.default_rng(0), progress=0.0, cfg=cfg,
                                capabilities={"arithmetic": 0.75, "knowledge": 0.25})
     s = led.summary(cfg)
-    assert s["ledger/unsolved"] == pytest.approx(0.2) and s["ledger/hard"] == pytest.approx(0.2)
+    assert s["rollout.ledger.unsolved"] == pytest.approx(0.2) and s["rollout.ledger.hard"] == pytest.approx(0.2)
 
 
 def test_curriculum_shifts_toward_hard() -> None:
@@ -191,7 +191,7 @@ def test_grpo_objective_reports_zero_gap_on_its_own_samples(model: Llama4, sampl
     batch = Batch.from_rows(ids, mask, {"advantages": adv, "sampler_logp": slp})
     model.train()
     out = GRPOObjective(temperature=1.0, clip_low=0.2, clip_high=0.28)(model, batch)
-    assert out.metrics["logp_gap/max"] < 1e-5
+    assert out.metrics["rollout.logp_gap.max"] < 1e-5
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad()

@@ -61,7 +61,7 @@ def test_killed_rl_worker_resumes_to_same_weights_and_ledger(job, ray_local, tmp
     attempts = sum(e["attempts"] for e in led)
     # both ranks' groups are in rank 0's ledger: 2 workers x 2 prompts x 4 samples per round, >= 1 round a step
     assert attempts >= 6 * 2 * 2 * 4
-    assert ref.metrics["logp_gap/max"] < 1e-4
+    assert ref.metrics["rollout.logp_gap.max"] < 1e-4
 
     killed: list[int] = []
 

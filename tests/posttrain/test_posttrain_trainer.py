@@ -115,13 +115,13 @@ def test_rl_rollouts_filter_and_ledger(tok) -> None:
     trainer, src = _rl_trainer(tok, cfg)
     res = trainer.train_step()
     m = res["metrics"]
-    assert m["rollout/gen_rounds"] >= 1 and 0 <= m["rollout/zero_var_frac"] <= 1
-    assert m["logp_gap/max"] < 1e-4  # sampler and trainer agree on the same tokens
+    assert m["rollout.gen_rounds"] >= 1 and 0 <= m["rollout.zero_var_frac"] <= 1
+    assert m["rollout.logp_gap.max"] < 1e-4  # sampler and trainer agree on the same tokens
     attempted = [e for e in src.ledger.entries.values() if e.attempts]
     assert attempted and all(e.attempts % cfg.group_size == 0 for e in attempted)
     # every group seen is in the ledger; the kept ones number at most prompts_per_step
-    assert sum(e.attempts for e in attempted) == m["rollout/groups_seen"] * cfg.group_size
-    assert m["rollout/groups_kept"] <= cfg.prompts_per_step
+    assert sum(e.attempts for e in attempted) == m["rollout.groups_seen"] * cfg.group_size
+    assert m["rollout.groups_kept"] <= cfg.prompts_per_step
 
 
 def test_rl_oversampling_fills_the_batch_in_fewer_rounds(tok) -> None:
@@ -132,12 +132,12 @@ def test_rl_oversampling_fills_the_batch_in_fewer_rounds(tok) -> None:
     m1 = one._rollout_batch()[0]["stats"]
     _, three = _rl_trainer(tok, base.model_copy(update={"oversample": 3.0}))
     m3 = three._rollout_batch()[0]["stats"]
-    assert m1["rollout/groups_seen"] == base.prompts_per_step
-    assert m3["rollout/groups_seen"] == 3 * base.prompts_per_step
+    assert m1["rollout.groups_seen"] == base.prompts_per_step
+    assert m3["rollout.groups_seen"] == 3 * base.prompts_per_step
     assert sum(e.attempts for e in three.ledger.entries.values()) == 3 * base.prompts_per_step * base.group_size
-    assert m3["rollout/groups_kept"] == pytest.approx(m3["rollout/groups_seen"] * (1 - m3["rollout/zero_var_frac"]))
+    assert m3["rollout.groups_kept"] == pytest.approx(m3["rollout.groups_seen"] * (1 - m3["rollout.zero_var_frac"]))
     _, static = _rl_trainer(tok, base.model_copy(update={"sampler": "static"}))
-    assert static._rollout_batch()[0]["stats"]["rollout/groups_seen"] == base.prompts_per_step
+    assert static._rollout_batch()[0]["stats"]["rollout.groups_seen"] == base.prompts_per_step
 
 
 @pytest.mark.slow  # 8 RL steps with refills: ~10 s idle, minutes on a loaded box
