@@ -4,7 +4,8 @@ Python package (no browser download), on the finished test-sized pipeline (tests
 Checks what a user looks for: the link `herd ui` prints opens the runs (not MLflow's GenAI overview); the
 student's model page shows metrics, params, a dataset and its parent; the Model Registry lists the role models;
 a training run's charts show the held-out loss, loss, CE and lr before the MoE charts, and no `step` / `tokens`
-charts; a training run's plot renders although `herd ui` was started outside HERD_HOME. Screenshots are kept under the
+charts; an RL run's charts show the reward, then the loss before the rollout, vs-parent and MoE charts;
+a training run's plot renders although `herd ui` was started outside HERD_HOME. Screenshots are kept under the
 directory the test prints ($HERD_TEST_ARTIFACTS/ui-screenshots when set). `.ci/run` installs chromium.
 
     .venv/bin/python -m pytest tests/ui -x -q -s
@@ -211,3 +212,23 @@ def test_training_charts_show_the_losses_before_the_moe_charts(ui, page, shots, 
     first_moe = next(i for i, k in enumerate(charts) if k.startswith("moe"))
     assert all(charts.index(k) < first_moe for k in ("loss", "ce", "lr")), charts
     assert "step" not in charts and "tokens" not in charts, charts
+
+
+def test_rl_run_shows_the_reward_and_loss_before_the_side_charts(ui, page, shots, mlflow):
+    """A post-training run as a user sees it: RL's reward is the first chart and the loss comes before the rollout
+    diagnostics, the held-out comparison with the parent and the MoE charts (their keys are dotted:
+    tests/ui/test_ui_charts.py checks every post-training run's keys through the REST API)."""
+    client, exp = mlflow
+    (run,) = client.search_runs([exp], "tags.`herd.step` = 'rl.train' and attributes.status = 'FINISHED'",
+                                max_results=1)
+    page.set_viewport_size({"width": 1440, "height": 4000})  # MLflow renders only the charts in view
+    try:
+        page.goto(f"{ui['base']}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics")
+        body = _wait_text(page, "rl.train (rollout/reward)", "rl.train (loss)", "rl.train (moe.layer1.entropy)")
+        page.screenshot(path=str(shots / "07-rl-charts.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1000})
+    charts = re.findall(r"rl\.train \(([^)\n]+)\)", body)
+    assert charts and charts[0] == "rollout/reward", charts
+    side = [i for i, k in enumerate(charts) if k.startswith(("moe.", "rollout.", "vs_parent."))]
+    assert side and charts.index("loss") < min(side), charts
