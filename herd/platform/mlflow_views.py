@@ -219,12 +219,13 @@ def model_architecture(model_dir: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ summaries
-HEADLINE = ("loss", "ce", "eval/loss", "kl", "teacher_ce", "alpha", "tokens_per_s", "mfu")
+HEADLINE = ("loss", "ce", "eval/loss", "kl", "teacher_ce", "alpha", "rollout/reward", "tokens_per_s", "mfu")
 
 
 def headline_metrics(step: str, metrics: dict[str, float]) -> dict[str, float]:
     """The metrics of a step run worth repeating on its flow run (``<step local name>/<metric>``): every
-    data-step count, the trainers' losses, throughput and MFU; never the per-expert MoE charts."""
+    data-step count, the trainers' losses, RL's reward, throughput and MFU; never the per-expert MoE
+    charts."""
     local = step.split(".", 1)[-1]
     keep = {k: v for k, v in metrics.items()
             if k in HEADLINE or (step.startswith("data.") and "/" not in k)}

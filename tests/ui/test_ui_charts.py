@@ -78,3 +78,6 @@ def test_post_training_runs_show_the_loss_and_reward_first(finished_pipeline):
                 assert any(k.startswith(prefix) for k in order), (prefix, order)
         else:
             assert sections == [MODEL_METRICS], (step, sections)
+    # the rl flow run's summary repeats the reward beside the loss (herd.platform.mlflow_views.HEADLINE)
+    flow = client.get_run(finished_pipeline.result.flow_runs["rl"]).data.metrics
+    assert {"train/loss", "train/rollout/reward"} <= set(flow), sorted(flow)
