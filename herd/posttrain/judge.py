@@ -73,14 +73,23 @@ def pass_counts(model: nn.Module, tok: Any, prompts: Sequence[Prompt], cfg: Judg
     its slot for the next one, so the pass costs the tokens actually generated (most answers stop at <|eot|>
     long before max_new_tokens), not len(batch) x the longest answer as static batches did."""
     ids = [encode_prompt(tok, p.messages) for p in prompts for _ in range(cfg.k)]
+    # verifiable answers are one line; a base-model judge (the teacher) never says <|eot|> in the chat format and
+    # went on with the next "Question:" to max_new_tokens: ending at the first newline too costs the tokens the
+    # answer needs, and the continuation's integers can no longer be read as its answer
+    stops = [EOT_ID, *newline_ids(tok)]
     outs = sample_engine(model, ids, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                         stop=[EOT_ID], seed=cfg.seed, logprobs=False, max_num_seqs=cfg.batch_size)
+                         stop=stops, seed=cfg.seed, logprobs=False, max_num_seqs=cfg.batch_size)
     counts: list[int] = []
     for j, p in enumerate(prompts):
-        texts = [tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
+        texts = [tok.decode([t for t in o.tokens if t not in stops], skip_special_tokens=True)
                  for o in outs[j * cfg.k:(j + 1) * cfg.k]]
         counts.append(sum(is_correct(p, t) >= 0.5 for t in texts))
     return counts
+
+
+def newline_ids(tok: Any) -> list[int]:
+    """Every token whose text holds a newline (with digits split, "\n" and "\n\n" are their own tokens)."""
+    return [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)]
 
 
 def judge_examples(model: nn.Module, tok: Any, examples: Sequence[Example], cfg: JudgeConfig) -> list[Judgment]:

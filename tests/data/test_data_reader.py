@@ -37,6 +37,20 @@ def test_ranks_partition_each_epoch(tmp_path):
     assert len(set.union(*seen)) == 48  # two rows of the 50 fall off so every rank takes equal steps
 
 
+def test_rows_of_a_window_of_shards_are_mixed(tmp_path):
+    """Packed shards keep the corpus order (one family after another): the first rows of an epoch come from every
+    shard of the window, not from one shard at a time."""
+    write_text_shards(tmp_path, rows=64, per_shard=16)  # 4 shards: rows 0-15, 16-31, 32-47, 48-63
+    first = [i for b in ShardReader(str(tmp_path), batch_size=8, seed=1, loop=False) for i in row_ids(b)][:16]
+    assert len({i // 16 for i in first}) == 4  # one shard's worth of rows already holds all four shards
+    per_shard = ShardReader(str(tmp_path), batch_size=8, seed=1, loop=False, shuffle_window=1)
+    assert len({i // 16 for i in row_ids(next(iter(per_shard)))}) == 1
+    windows = [i for b in ShardReader(str(tmp_path), batch_size=8, seed=1, loop=False, shuffle_window=2)
+               for i in row_ids(b)]
+    assert sorted(windows) == list(range(64))  # every row once per epoch, whatever the window
+    assert len({i // 16 for i in windows[:32]}) == 2  # a window of two shards mixes those two
+
+
 def test_resume_continues_exactly(tmp_path):
     write_text_shards(tmp_path)
     full = ShardReader(str(tmp_path), batch_size=5, rank=1, world_size=2, seed=3)

@@ -86,6 +86,24 @@ def test_judge_ranks_by_loss_when_it_solves_nothing(tok) -> None:
     assert select_hard(mixed, 0.5) == {"b"}
 
 
+def test_judge_answers_end_at_their_first_newline(tok):
+    """A base-model judge never says <|eot|> in the chat format: its answers end at the first newline (the next
+    "Question:" it would go on with is neither paid for nor read as the answer)."""
+    from herd.posttrain.judge import newline_ids
+    from herd.posttrain.rollout import sample_engine
+
+    nl = newline_ids(tok)
+    assert set(tok.encode("7\n\nQuestion:").ids) & set(nl)
+    assert all("\n" in tok.decode([i], skip_special_tokens=False) for i in nl)
+    assert not set(tok.encode("12 + 30 = 42. The answer is 42.").ids) & set(nl)
+    prompts = [tok.encode("Question: 3 + 4").ids] * 24
+    outs = sample_engine(_model(), prompts, temperature=1.0, max_new_tokens=24, stop=[EOT_ID, *nl], seed=0,
+                         logprobs=False)
+    ended = [o for o in outs if o.stopped]
+    assert ended and all(o.tokens[-1] in nl + [EOT_ID] for o in ended)
+    assert all(t not in nl for o in outs for t in o.tokens[:-1])
+
+
 def _rl_cfg(**kw: object) -> RLConfig:
     base: dict[str, object] = {
         "steps": 4, "log_every": 1, "prompts_per_step": 3, "group_size": 4, "max_new_tokens": 8, "grad_accum": 2,
