@@ -16,7 +16,11 @@ from typing import Any
 
 from herd.data.synthetic.arithmetic import check_answer
 
-_FINAL = re.compile(r"The answer is -?\d+\.\s*$")
+# arithmetic's format is the worked answer the SFT data teaches: an expression with an operator, its result, and
+# the same number stated as the answer. "The answer is N." alone let RL on the tiny student collapse into
+# "9 = 5. The answer is 5.": guessing the small answers of division problems without copying the operands, which
+# raised its sampled pass rate on the RL prompts (0.08 -> 0.26) while greedy held-out accuracy fell 0.087 -> 0.062
+_WORKED = re.compile(r"^\s*-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*(?P<n>-?\d+)\.\s*The answer is (?P=n)\.\s*$")
 
 
 @dataclass
@@ -47,10 +51,10 @@ def is_correct(p: Prompt, completion: str) -> float:
 
 
 def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
-    """The answer ended with the stop token, and arithmetic ends with 'The answer is N.'."""
+    """The answer ended with the stop token; arithmetic is worked: 'a + b = N. The answer is N.'."""
     if not stopped:
         return False
-    return bool(_FINAL.search(completion)) if p.capability == "arithmetic" else len(completion) <= 200
+    return bool(_WORKED.match(completion)) if p.capability == "arithmetic" else len(completion) <= 200
 
 
 def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float) -> tuple[float, float]:

@@ -209,3 +209,18 @@ def test_dpo_objective_starts_at_log2(model: Llama4) -> None:
     out = DPOObjective(beta=0.1)(model, b)
     assert out.metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert out.metrics["margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_arithmetic_format_is_the_worked_answer() -> None:
+    """The format bonus goes to a worked answer (expression, its result, the same number as the answer), never to
+    a bare guess: the tiny student's RL collapsed into "9 = 5. The answer is 5." under 'The answer is N.' alone."""
+    from herd.posttrain.rewards import Prompt, format_ok, reward
+
+    p = Prompt("a", [], "15", "arithmetic")
+    assert reward(p, "12 + 3 = 15. The answer is 15.", stopped=True, format_weight=0.1) == (1.1, 1.0)
+    assert reward(p, "20 + 30 - 35 = 15. The answer is 15.", stopped=True, format_weight=0.1) == (1.1, 1.0)
+    assert reward(p, "12 + 3 = 16. The answer is 16.", stopped=True, format_weight=0.1) == (0.1, 0.0)
+    assert reward(p, "12 + 3 = 15. The answer is 15.", stopped=False, format_weight=0.1) == (1.0, 1.0)
+    for guess in ("9 = 15. The answer is 15.", "The answer is 15.", "12 + 3 = 14. The answer is 15.", "15"):
+        assert not format_ok(p, guess, stopped=True), guess
+    assert format_ok(Prompt("k", [], "Paris", "knowledge"), "Paris", stopped=True)
