@@ -1,5 +1,5 @@
 """herd.platform: recipes, the artifact store, MLflow lineage, the Ray runtime and the flow runner.
 
     from herd.platform.config import load_recipe
-    from herd.platform.runner import Step, Flow, StepContext, Runner
+    from herd.platform.runner import Resources, Runner, Step, StepContext
 """

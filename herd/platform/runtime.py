@@ -13,7 +13,7 @@ command (``ray.init(address="local")``). Never Ray's own ``ray_current_cluster``
 behind, or one that is gone, would capture or hang the run.
 
 The driver is a Ray job named after the command (``herd run --recipe tiny``, secret ``--set`` values hidden: the
-dashboard's Jobs table shows it as "Name"); MLflow runs carry its job id and dashboard link (herd.platform.runner).
+dashboard's Jobs table shows it as "Name"); MLflow runs carry its job id and dashboard link (herd.platform.runs).
 With ``route_logs`` (the CLI) Ray's own output goes to ``$HERD_HOME/logs/ray-<time>-<pid>.log`` and MLflow's
 (``Creating initial MLflow database tables...``) to ``$HERD_HOME/logs/mlflow-client.log``; herd prints its own lines.
 
