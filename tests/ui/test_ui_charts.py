@@ -1,4 +1,4 @@
-"""Chart order on MLflow's run page, checked on metric keys (REST level; tests/ui/test_ui_browser.py sees it in Chromium).
+"""Chart order on MLflow's run page, checked on metric keys (REST level; test_ui_browser.py sees it in Chromium).
 
 MLflow 3.17 (RunsChartsCardConfig.getBaseChartAndSectionConfigs and extractChartSectionName, in the UI bundle under
 mlflow/server/js/build) puts each metric in the section named by its key before the last "/" ("Model metrics" when
@@ -35,7 +35,8 @@ def page_order(keys: list[str]) -> list[tuple[str, str]]:
 
 def test_page_order_follows_mlflow():
     keys = ["loss", "vs_parent/arithmetic/acc", "rollout/pass_rate/arithmetic", "rollout/reward", "aux_loss"]
-    assert page_order(keys) == [("rollout", "rollout/reward"), ("rollout/pass_rate", "rollout/pass_rate/arithmetic"),
+    assert page_order(keys) == [("rollout", "rollout/reward"),
+                                ("rollout/pass_rate", "rollout/pass_rate/arithmetic"),
                                 ("vs_parent/arithmetic", "vs_parent/arithmetic/acc"),
                                 (MODEL_METRICS, "aux_loss"), (MODEL_METRICS, "loss")]
 
@@ -68,7 +69,8 @@ def test_post_training_runs_show_the_loss_and_reward_first(finished_pipeline):
         order = [k for _, k in page_order(keys)]
         sections = list(dict.fromkeys(s for s, _ in page_order(keys)))
         side = [i for i, k in enumerate(order) if k.startswith(SIDE)]
-        assert any(k.startswith("vs_parent.arithmetic.") for k in order) and any(k.startswith("moe.") for k in order)
+        assert any(k.startswith("vs_parent.arithmetic.") for k in order), (step, order)
+        assert any(k.startswith("moe.") for k in order), (step, order)
         assert order.index("loss") < min(side), (step, order)
         assert "step" not in order and "tokens" not in order, (step, order)
         if step == "rl.train":
