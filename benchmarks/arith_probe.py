@@ -1,0 +1,133 @@
+"""How fast does a tiny herd Llama 4 learn the arithmetic task from worked examples? One process, no Ray.
+
+    HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --model student --minutes 3 --rows 4
+
+Trains one of the recipe's models (fresh weights, herd's AdamW with MetaP groups, constant lr after a 20-step
+warmup) on a finished pipeline's training text (only the worked arithmetic with ``--mix arith``, else every
+family), and every ``--eval-every`` seconds of training greedily answers held-out eval-set problems in the
+pretraining format ("Question: ...\\nSolution:"). It prints exact match per problem kind and the **copy rate**: the
+share of answers that start with the question's first number. The tiny models' first obstacle is copying a
+question's numbers into the worked answer; their arithmetic starts only after it (docs/benchmarks.md,
+"posttrain"). Reads the data flow's tokenizer and corpus and the evaluate flow's eval set from $HERD_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from herd.data.synthetic.arithmetic import check_answer
+from herd.model import Llama4, ModelConfig
+from herd.model.generate import SamplingParams, generate
+from herd.platform.config import load_recipe
+from herd.train.optim import build_optimizer
+
+
+def _output(home: Path, step: str, name: str) -> Path:
+    digest = json.loads((home / "artifacts/steps" / step / "latest.json").read_text())["outputs"][name]
+    return home / "artifacts/objects" / digest[:2] / digest
+
+
+def kind(question: str) -> str:
+    return ("add" if "gets" in question else "sub" if "gave" in question else "mul" if "in each" in question
+            else "div" if "shares" in question else "3op")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="student", help="key in the recipe's models")
+    ap.add_argument("--recipe", default="tiny")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--rows", type=int, default=8, help="rows of --seq tokens per step")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--minutes", type=float, default=3.0, help="training time (evaluation not counted)")
+    ap.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between evaluations")
+    ap.add_argument("--items", type=int, default=300, help="held-out problems per evaluation")
+    ap.add_argument("--mix", choices=["arith", "all"], default="arith")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    from tokenizers import Tokenizer
+
+    home = Path(os.environ.get("HERD_HOME", ".herd"))
+    recipe = load_recipe(a.recipe)
+    tok = Tokenizer.from_file(str(_output(home, "data.tokenizer", "tokenizer") / "tokenizer.json"))
+    corpus = _output(home, "data.synthetic", "corpus") / "documents.jsonl"
+    docs = [json.loads(line) for line in corpus.open()]
+    if a.mix == "arith":
+        docs = [d for d in docs if d.get("family") == "arithmetic"]
+    random.shuffle(docs)
+    bos, eos = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|end_of_text|>")
+    stream: list[int] = []
+    for d in docs:
+        stream += [bos, *tok.encode(d["text"], add_special_tokens=False).ids, eos]
+    n = len(stream) // (a.seq + 1)
+    data = torch.tensor(stream[: n * (a.seq + 1)]).view(n, a.seq + 1)
+    model = Llama4(ModelConfig.model_validate(recipe.models[a.model].model_dump()))
+    opt = build_optimizer(model, recipe.pretrain.optim.model_copy(update={"lr": a.lr}))
+    evalset = _output(home, "evaluate.evalset", "evalset") / "arithmetic.jsonl"
+    items = [json.loads(line) for line in evalset.open()][: a.items]
+    prompts = [tok.encode(it["prompt"], add_special_tokens=False).ids for it in items]
+    stops = [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)]
+    stops.append(tok.token_to_id("<|eot|>"))
+    print(f"{a.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; {n} rows of {a.seq} "
+          f"tokens ({a.mix}); {a.rows} rows per step, lr {a.lr}", flush=True)
+
+    def evaluate() -> tuple[float, float, dict[str, float]]:
+        model.eval()
+        with torch.no_grad():
+            outs = [g for i in range(0, len(prompts), 100)
+                    for g in generate(model, prompts[i:i + 100], SamplingParams(max_new_tokens=24, stop_tokens=stops))]
+        model.train()
+        per: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        copied = 0
+        for it, g in zip(items, outs, strict=True):
+            text = tok.decode(g.tokens).split("\n")[0]
+            per[kind(it["question"])][0] += check_answer(text, it["answer"])
+            per[kind(it["question"])][1] += 1
+            nums = [w for w in it["question"].replace(".", " ").replace("?", " ").split() if w.isdigit()]
+            copied += bool(nums) and text.strip().startswith(nums[0])
+        acc = sum(v[0] for v in per.values()) / len(items)
+        return acc, copied / len(items), {k: round(v[0] / v[1], 3) for k, v in sorted(per.items())}
+
+    trained, step, since_eval, perm, ptr = 0.0, 0, 0.0, torch.randperm(n), 0
+    while trained < a.minutes * 60:
+        t0 = time.perf_counter()
+        if ptr + a.rows > n:
+            perm, ptr = torch.randperm(n), 0
+        b = data[perm[ptr:ptr + a.rows]]
+        ptr += a.rows
+        for g in opt.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+            g["lr"] = g["initial_lr"] * min(1.0, (step + 1) / 20)
+        out = model(b[:, :-1])
+        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), b[:, 1:].flatten())
+        (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for m in model.modules():  # aux-free router balancing, as herd's trainer does after each step
+            if hasattr(m, "update_router_bias") and not any(
+                    c is not m and hasattr(c, "update_router_bias") for c in m.modules()):
+                m.update_router_bias()
+        step += 1
+        dt = time.perf_counter() - t0
+        trained, since_eval = trained + dt, since_eval + dt
+        if since_eval >= a.eval_every or trained >= a.minutes * 60:
+            since_eval = 0.0
+            acc, copy, per = evaluate()
+            print(f"t={trained:5.0f}s step={step:5d} tokens={step * a.rows * a.seq:8d} loss={loss.item():.3f} "
+                  f"exact={acc:.3f} copy={copy:.2f} {per}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
