@@ -121,7 +121,8 @@ def main() -> None:
 
         ckpt = str(write_tiny_model(tmp / "model", hidden_size=256, layers=4))
     engines = args.engines.split(",")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    # address="local": a cluster of its own, even when `herd up` (or `herd run`) left a persistent one running
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              object_store_memory=512 * 1024**2)
     cfg = DeployConfig(engine="auto", port=8791, app_name="bench", max_model_len=512,
                        max_num_seqs=max(32, args.clients), num_cpus=1, kv_cache_gib=1, ready_timeout_s=900)

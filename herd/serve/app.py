@@ -181,7 +181,8 @@ def lacking_resources(app: str) -> list[str]:
     try:
         from ray.util.state import list_actors
 
-        for a in list_actors(filters=[("state", "=", "PENDING_CREATION")], detail=True, raise_on_missing_output=False):
+        for a in list_actors(address=_state_address(), filters=[("state", "=", "PENDING_CREATION")], detail=True,
+                             raise_on_missing_output=False):
             name = a.name or ""
             if name.startswith(prefix) and not any(name[len("SERVE_REPLICA::"):] in line for line in out):
                 need = {k: float(v) for k, v in (a.required_resources or {}).items()}
@@ -198,10 +199,20 @@ def _running_tasks() -> int:
     try:
         from ray.util.state import list_tasks
 
-        return len(list_tasks(filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")], limit=100,
+        return len(list_tasks(address=_state_address(), filters=[("state", "=", "RUNNING"),
+                                                                 ("type", "=", "NORMAL_TASK")], limit=100,
                               raise_on_missing_output=False))
     except (ImportError, RuntimeError, ConnectionError):
         return 0  # the state API needs the dashboard: without it, pending time counts from the first miss
+
+
+def _state_address() -> str:
+    """The GCS of the cluster this process is connected to: the State API's default is the newest cluster started
+    on this machine (``/tmp/ray/ray_current_cluster``), which is another one when a process started its own
+    (``ray.init(address="local")``) beside a ``herd up`` cluster, and whose auth token it lacks."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def _describe(replica: str, need: dict[str, float], short: dict[str, float], free: dict[str, float],

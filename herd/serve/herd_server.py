@@ -22,7 +22,7 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,9 @@ class HerdEngine(LLMEngine):
         self.llm_config = llm_config
         self.engine: Any = None
         self.model_id = llm_config.model_id
+        # the server's stream interval (seconds): each stream sends one merged delta per interval (HerdServer sets
+        # it to its batcher's, which grows with the number of live streams); None: one delta per token
+        self.pace: Callable[[], float] | None = None
 
     async def start(self) -> None:
         import torch
@@ -152,7 +155,8 @@ class HerdEngine(LLMEngine):
     async def _run(self, prompts: list[list[int]], params: Any, rid: str) -> AsyncGenerator[tuple[int, Any], None]:
         """Deltas of every prompt as (index, delta), the prompts decoded concurrently in the engine."""
         if len(prompts) == 1:  # the common case: the engine's stream as it is (no pump task, no second queue)
-            async with contextlib.aclosing(self.engine.generate(prompts[0], params, request_id=f"{rid}-0")) as gen:
+            gen_ = self.engine.generate(prompts[0], params, request_id=f"{rid}-0", pace=self.pace)
+            async with contextlib.aclosing(gen_) as gen:
                 async for d in gen:  # leaving early (a disconnect) closes gen, which aborts in the engine
                     yield 0, d
             return
@@ -160,7 +164,7 @@ class HerdEngine(LLMEngine):
 
         async def pump(i: int, ids: list[int]) -> None:
             try:
-                async for d in self.engine.generate(ids, params, request_id=f"{rid}-{i}"):
+                async for d in self.engine.generate(ids, params, request_id=f"{rid}-{i}", pace=self.pace):
                     await queue.put((i, d))
             except Exception as e:  # noqa: BLE001 - handed to the consumer, which answers it as an error
                 await queue.put((i, e))
@@ -404,10 +408,12 @@ class HerdServer(StreamBatching, LLMServer):
     (``herd.serve.streaming``)."""
 
     _default_engine_cls = HerdEngine
+    _paced_source = True  # the engine merges each stream's tokens per batcher interval (Engine.generate's pace)
 
     async def _start_engine(self) -> None:
         # LLMServer's version also pushes Ray's usage telemetry, which parses engine_kwargs as vLLM arguments
         await self.engine.start()
+        self.engine.pace = self._stream_batcher().interval if self._paced_source else None
 
     @classmethod
     def get_deployment_options(cls, llm_config: Any) -> dict[str, Any]:

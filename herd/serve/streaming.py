@@ -12,6 +12,11 @@ moment it exists (time to first token is never held back), later chunks are coll
 with the number of live streams (``per_stream_s`` each, between ``min_interval_s`` and ``max_interval_s``), so the
 replica sends about ``1 / per_stream_s`` messages a second in all, whatever the concurrency. Both engines' server
 classes use it (``herd_server.HerdServer``, ``vllm_server.VLLMServer``), so they are compared on equal terms.
+
+A source that paces itself by the same interval (``paced``: herd's engine merges a stream's tokens of one interval
+into one delta, ``Engine.generate(pace=batcher.interval)``) is flushed as soon as it yields: its chunks are
+already one per interval, and fewer of them (one SSE event per interval instead of one per token) also spares
+the replica's JSON, the Ray hops and the client's parsing.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ T = TypeVar("T")
 class StreamBatcher:
     """Shared by the streams of one replica (one asyncio loop): counts them to size the interval."""
 
-    def __init__(self, min_interval_s: float = 0.05, per_stream_s: float = 0.008, max_interval_s: float = 0.25):
+    def __init__(self, min_interval_s: float = 0.05, per_stream_s: float = 0.008, max_interval_s: float = 0.25,
+                 *, paced: bool = False):
         self.min_interval_s, self.per_stream_s, self.max_interval_s = min_interval_s, per_stream_s, max_interval_s
+        self.paced = paced  # the source paces itself by interval(): flush what it yields at once
         self.live = 0
 
     def interval(self) -> float:
@@ -52,7 +59,7 @@ class StreamBatcher:
         first = True
         try:
             while True:
-                if first:
+                if first or self.paced:
                     await ready.wait()
                 else:
                     try:
@@ -78,11 +85,15 @@ class StreamBatching:
     (Ray's own batcher sends a message every 50 ms per stream, whatever the load)."""
 
     _batcher: StreamBatcher | None = None
+    _paced_source = False  # a subclass whose engine paces its streams by the batcher's interval sets this
+
+    def _stream_batcher(self) -> StreamBatcher:
+        if self._batcher is None:  # one per replica: it counts the replica's live streams
+            self._batcher = StreamBatcher(paced=self._paced_source)
+        return self._batcher
 
     def _batch_output_stream(self, generator: AsyncIterator[T]) -> AsyncGenerator[list[T], None]:
-        if self._batcher is None:  # one per replica: it counts the replica's live streams
-            self._batcher = StreamBatcher()
-        return self._batcher.stream(generator)
+        return self._stream_batcher().stream(generator)
 
 
 __all__ = ["StreamBatcher", "StreamBatching"]

@@ -5,6 +5,7 @@ strings; echo/score logprobs equal the full forward's log-softmax; abort frees t
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -285,6 +286,35 @@ def test_async_streams_equal_sync_and_abort_frees_the_slot(model: Llama4) -> Non
             return None
 
         assert asyncio.run(aborted()) == "abort"
+    finally:
+        eng.shutdown()
+
+
+def test_paced_stream_merges_an_intervals_tokens_and_never_holds_the_last(model: Llama4) -> None:
+    # a server's pace (Engine.generate(pace=...)): the first delta at once, then one merged delta per interval
+    # holding the same tokens; the finished delta ends the wait at once (a 60 s pace must not delay the end)
+    prompts = _prompts([6, 11, 3], seed=4)
+    eng = _engine(model, slots=3, budget=32)
+    want = [o.token_ids for o in eng.generate_batch(prompts, GREEDY)]
+
+    async def collect(p: list[int], pace) -> tuple[list[list[int]], float]:
+        t0 = time.perf_counter()
+        deltas = [d.token_ids async for d in eng.generate(p, GREEDY, pace=pace)]
+        return deltas, time.perf_counter() - t0
+
+    async def main(pace) -> list[tuple[list[list[int]], float]]:
+        return await asyncio.gather(*(collect(p, pace) for p in prompts))
+
+    try:
+        for got, w in zip(asyncio.run(main(lambda: 60.0)), want, strict=True):
+            deltas, wall = got
+            assert [t for d in deltas for t in d] == w
+            # the first delta at once, then the other 19+ tokens in one piece (one, if a loaded box let the first
+            # delta's consumer fall behind: what is ready is merged either way)
+            assert len(deltas) <= 2
+            assert wall < 30  # not held for the 60 s interval: the last output ends the wait
+        unpaced = asyncio.run(main(None))
+        assert [[t for d in ds for t in d] for ds, _ in unpaced] == want
     finally:
         eng.shutdown()
 

@@ -41,6 +41,20 @@ def test_first_chunk_at_once_then_batched_in_order() -> None:
     assert b.live == 0
 
 
+def test_a_paced_source_is_flushed_as_it_yields() -> None:
+    # herd's engine paces its streams itself (Engine.generate(pace=batcher.interval)): nothing is held back
+    b = StreamBatcher(min_interval_s=0.2, per_stream_s=0.2, max_interval_s=0.2, paced=True)
+
+    async def main() -> tuple[list[list[int]], float]:
+        t0 = time.perf_counter()
+        out = [chunk async for chunk in b.stream(_source(8, 0.03, []))]
+        return out, time.perf_counter() - t0
+
+    out, wall = asyncio.run(main())
+    assert out == [[i] for i in range(8)]  # one list per item: the 0.2 s interval never held one
+    assert wall < 0.2 * 4 and b.live == 0
+
+
 def test_interval_grows_with_live_streams() -> None:
     b = StreamBatcher(min_interval_s=0.05, per_stream_s=0.008, max_interval_s=0.25)
     assert b.interval() == 0.05

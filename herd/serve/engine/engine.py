@@ -12,6 +12,7 @@ background loop runs, else submits to it and waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 import weakref
@@ -36,15 +37,43 @@ from herd.serve.engine.types import (
 )
 
 
+class _Pending:
+    """One stream's outputs not yielded yet, filled on its event loop by ``_Mailbox``. ``final`` is set by the
+    last one (finished, or an error), which ends a paced stream's wait at once."""
+
+    __slots__ = ("items", "ready", "final")
+
+    def __init__(self) -> None:
+        self.items: deque[RequestOutput | BaseException] = deque()
+        self.ready = asyncio.Event()
+        self.final = asyncio.Event()
+
+    def put_nowait(self, out: RequestOutput | BaseException) -> None:
+        self.items.append(out)
+        self.ready.set()
+        if isinstance(out, BaseException) or out.finished:
+            self.final.set()
+
+    def take(self) -> RequestOutput | BaseException:
+        """Everything ready as one delta (or the error that ended the stream)."""
+        out = self.items.popleft()
+        while not isinstance(out, BaseException) and not out.finished and self.items:
+            nxt = self.items.popleft()
+            out = nxt if isinstance(nxt, BaseException) else out.then(nxt)
+        if not self.items:
+            self.ready.clear()
+        return out
+
+
 class _Mailbox:
     """Outputs of the step thread for the streams of one asyncio loop, handed over with one wake-up per batch."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.items: list[tuple[asyncio.Queue, RequestOutput | BaseException]] = []
+        self.items: list[tuple[_Pending, RequestOutput | BaseException]] = []
         self.lock = threading.Lock()
 
-    def put(self, queue: asyncio.Queue, out: RequestOutput | BaseException) -> None:
+    def put(self, queue: _Pending, out: RequestOutput | BaseException) -> None:
         with self.lock:
             self.items.append((queue, out))
             if len(self.items) > 1:  # a flush is already scheduled and will take this one too
@@ -210,11 +239,21 @@ class Engine:
 
     # --- async face -------------------------------------------------------------------------------------------
     async def generate(
-        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        pace: Callable[[], float] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's deltas (the last has ``finished``): each holds the tokens and text new since the
         previous one (one token per step while the consumer keeps up, several when it fell behind). Leaving the
-        iteration early (a client disconnect cancels the task) aborts the request and frees its slot."""
+        iteration early (a client disconnect cancels the task) aborts the request and frees its slot.
+
+        ``pace`` (a server's stream interval, in seconds, read before each wait) paces the stream: the first delta
+        goes out at once, each later one at least ``pace()`` after the previous, holding every token made
+        meanwhile, and the last one (finished, or an error) at once. Same tokens and text in fewer, larger deltas:
+        a server sends one message per interval per stream instead of one per token."""
         prompt = list(prompt_token_ids)
         self.check_request(prompt, params)
         rid = request_id or uuid.uuid4().hex
@@ -222,22 +261,27 @@ class Engine:
         box = self._mailboxes.get(loop)
         if box is None:
             box = self._mailboxes[loop] = _Mailbox(loop)
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        pending = _Pending()
 
         def sink(out: RequestOutput | BaseException) -> None:
-            box.put(queue, out)
+            box.put(pending, out)
 
         self.start()
         self._submit(lambda: self._add(rid, prompt, params, sink, False))
         finished = False
+        last: float | None = None  # loop time of the previous yield (None: nothing sent yet)
         try:
             while True:
-                out = await queue.get()
-                while not isinstance(out, BaseException) and not out.finished and not queue.empty():
-                    nxt = queue.get_nowait()  # this stream fell behind the step loop: send what is ready at once
-                    out = nxt if isinstance(nxt, BaseException) else out.then(nxt)
+                if pace is not None and last is not None and not pending.final.is_set():
+                    hold = pace() - (loop.time() - last)
+                    if hold > 0:  # let this interval's tokens pile up; the last output ends the wait
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(pending.final.wait(), hold)
+                await pending.ready.wait()
+                out = pending.take()  # what is ready as one delta: the stream fell behind, or was paced
                 if isinstance(out, BaseException):
                     raise out
+                last = loop.time()
                 yield out
                 if out.finished:
                     finished = True
