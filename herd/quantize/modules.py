@@ -229,13 +229,17 @@ def load_quantized(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, dev
     return quantize_model_(model, qweights, compute_dtype=dtype).eval()
 
 
-def load_for_inference(path: str | Path, *, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> nn.Module:
+def load_for_inference(
+    path: str | Path, *, dtype: torch.dtype | None = torch.bfloat16, device: str = "cpu"
+) -> nn.Module:
     """Any herd/HF Llama 4 checkpoint for inference: packed kernels when config.json has a
-    ``quantization_config`` (a compressed-tensors export), else the dense model (``load_hf``)."""
+    ``quantization_config`` (a compressed-tensors export), else the dense model (``load_hf``).
+    ``dtype=None`` (a server's ``dtype: auto``): a dense checkpoint keeps its own dtype; a quantized export,
+    which stores no activation dtype, computes in fp32."""
     from herd.model.hf import load_hf
 
     if "quantization_config" in json.loads((Path(path) / "config.json").read_text()):
-        return load_quantized(path, dtype=dtype, device=device)
+        return load_quantized(path, dtype=dtype or torch.float32, device=device)
     return load_hf(path, dtype=dtype, device=device)
 
 

@@ -63,18 +63,14 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
 def _load_engine(path: str, cfg: Any, dtype: Any) -> Any:
     """herd's engine over the checkpoint at ``path``: a compressed-tensors export (``quantization_config``) runs on
     herd.quantize's packed CPU kernels (what vLLM's CPU build cannot serve), anything else loads dense."""
-    import torch
     from tokenizers import Tokenizer
 
+    from herd.quantize.modules import load_for_inference
     from herd.serve.engine import Engine
 
-    conf = json.loads((Path(path) / "config.json").read_text())
-    if conf.get("quantization_config"):
-        from herd.quantize.modules import load_for_inference
-
-        model = load_for_inference(path, dtype=dtype or torch.float32)
-        return Engine(model, Tokenizer.from_file(str(Path(path) / "tokenizer.json")), cfg)
-    return Engine.from_pretrained(path, cfg, dtype=dtype)
+    # dtype None (deploy.dtype auto): a dense checkpoint keeps its dtype, a quantized one computes in fp32
+    model = load_for_inference(path, dtype=dtype)
+    return Engine(model, Tokenizer.from_file(str(Path(path) / "tokenizer.json")), cfg)
 
 
 def _error(message: str, status: int = 400, param: str | None = None, type_: str = "BadRequestError") -> Any:

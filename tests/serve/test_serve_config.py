@@ -73,3 +73,39 @@ def test_api_key_is_hashed_and_required_when_named(monkeypatch) -> None:
     monkeypatch.setenv("HERD_K", "sk-1")
     digest = api_key_sha256(DeployConfig(api_key_env="HERD_K"))
     assert digest is not None and len(digest) == 64 and "sk-1" not in digest
+
+
+def test_served_engine_loads_through_the_one_inference_loader(tmp_path) -> None:
+    # herd_server._load_engine is herd.quantize's load_for_inference with dtype None (deploy.dtype auto): a dense
+    # checkpoint keeps its own dtype, a compressed-tensors export runs packed kernels with fp32 activations
+    import shutil
+
+    import torch
+
+    from herd.model import load_hf, save_hf
+    from herd.quantize import QuantScheme
+    from herd.quantize.export import export_compressed
+    from herd.quantize.modules import Int4Linear
+    from herd.quantize.targets import quantize_weights
+    from herd.serve.engine import EngineConfig, SamplingParams
+    from herd.serve.herd_server import _load_engine
+    from tests.serve.tiny import write_tiny_model
+
+    dense = write_tiny_model(tmp_path / "dense", hidden_size=128)
+    bf16 = save_hf(load_hf(dense, dtype=torch.bfloat16), tmp_path / "bf16", tokenizer=dense)
+    model = load_hf(dense)
+    int4 = export_compressed(model, quantize_weights(model, QuantScheme(scheme="int4", group_size=32)),
+                             QuantScheme(scheme="int4", group_size=32), tmp_path / "int4")
+    shutil.copy(dense / "tokenizer.json", int4 / "tokenizer.json")
+    cfg = EngineConfig(max_num_seqs=2, max_model_len=64, max_num_batched_tokens=64)
+    greedy = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    for path, dtype, want, packed in [(dense, None, torch.float32, False), (bf16, None, torch.bfloat16, False),
+                                      (bf16, torch.float32, torch.float32, False), (int4, None, torch.float32, True)]:
+        engine = _load_engine(str(path), cfg, dtype)
+        try:
+            assert engine.model.model.embed_tokens.weight.dtype == want, (path.name, dtype)
+            assert any(isinstance(m, Int4Linear) for m in engine.model.modules()) == packed, path.name
+            out = engine.generate_batch([engine.encode("the quick brown fox")], greedy)[0]
+            assert len(out.token_ids) == 4
+        finally:
+            engine.shutdown()

@@ -41,7 +41,7 @@ class _Pending:
     """One stream's outputs not yielded yet, filled on its event loop by ``_Mailbox``. ``final`` is set by the
     last one (finished, or an error), which ends a paced stream's wait at once."""
 
-    __slots__ = ("items", "ready", "final")
+    __slots__ = ("final", "items", "ready")
 
     def __init__(self) -> None:
         self.items: deque[RequestOutput | BaseException] = deque()
