@@ -193,21 +193,28 @@ def test_plots_render_outside_herd_home(ui, page, shots, mlflow):
     assert widths and max(widths) > 300, widths  # the PNG loaded (a broken image has naturalWidth 0)
 
 
-def test_training_charts_show_the_losses_before_the_moe_charts(ui, page, shots, mlflow):
-    """MLflow 3.17 draws a run's charts in sections: named ones (the key's part before the last "/") sorted by
-    name, then "Model metrics"; charts sorted by key inside (RunsChartsCardConfig.getBaseChartAndSectionConfigs).
-    herd.train.metrics.for_mlflow names the keys so the losses come first; checked here as a user sees it."""
+def _chart_legends(ui, page, mlflow, step: str, shot, *wait_for: str) -> list[str]:
+    """The metric of each chart on the newest finished `step` run's page, in the order MLflow draws them (each
+    chart's legend names its metric), once the charts `wait_for` are drawn; screenshot at `shot`."""
     client, exp = mlflow
-    (run,) = client.search_runs([exp], "tags.`herd.step` = 'pretrain.train' and attributes.status = 'FINISHED'",
+    (run,) = client.search_runs([exp], f"tags.`herd.step` = '{step}' and attributes.status = 'FINISHED'",
                                 max_results=1)
     page.set_viewport_size({"width": 1440, "height": 4000})  # MLflow renders only the charts in view
     try:
         page.goto(f"{ui['base']}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics")
-        body = _wait_text(page, "pretrain.train (moe.layer1.entropy)", "pretrain.train (lr)")
-        page.screenshot(path=str(shots / "06-training-charts.png"), full_page=True)
+        body = _wait_text(page, *(f"{step} ({k})" for k in wait_for))
+        page.screenshot(path=str(shot), full_page=True)
     finally:
         page.set_viewport_size({"width": 1440, "height": 1000})
-    charts = re.findall(r"pretrain\.train \(([^)\n]+)\)", body)  # each chart's legend names its metric
+    return re.findall(re.escape(step) + r" \(([^)\n]+)\)", body)
+
+
+def test_training_charts_show_the_losses_before_the_moe_charts(ui, page, shots, mlflow):
+    """MLflow 3.17 draws a run's charts in sections: named ones (the key's part before the last "/") sorted by
+    name, then "Model metrics"; charts sorted by key inside (RunsChartsCardConfig.getBaseChartAndSectionConfigs).
+    herd.train.metrics.for_mlflow names the keys so the losses come first; checked here as a user sees it."""
+    charts = _chart_legends(ui, page, mlflow, "pretrain.train", shots / "06-training-charts.png",
+                            "moe.layer1.entropy", "lr")
     assert charts[0] == "eval/loss", charts
     first_moe = next(i for i, k in enumerate(charts) if k.startswith("moe"))
     assert all(charts.index(k) < first_moe for k in ("loss", "ce", "lr")), charts
@@ -218,17 +225,8 @@ def test_rl_run_shows_the_reward_and_loss_before_the_side_charts(ui, page, shots
     """A post-training run as a user sees it: RL's reward is the first chart and the loss comes before the rollout
     diagnostics, the held-out comparison with the parent and the MoE charts (their keys are dotted:
     tests/ui/test_ui_charts.py checks every post-training run's keys through the REST API)."""
-    client, exp = mlflow
-    (run,) = client.search_runs([exp], "tags.`herd.step` = 'rl.train' and attributes.status = 'FINISHED'",
-                                max_results=1)
-    page.set_viewport_size({"width": 1440, "height": 4000})  # MLflow renders only the charts in view
-    try:
-        page.goto(f"{ui['base']}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics")
-        body = _wait_text(page, "rl.train (rollout/reward)", "rl.train (loss)", "rl.train (moe.layer1.entropy)")
-        page.screenshot(path=str(shots / "07-rl-charts.png"), full_page=True)
-    finally:
-        page.set_viewport_size({"width": 1440, "height": 1000})
-    charts = re.findall(r"rl\.train \(([^)\n]+)\)", body)
+    charts = _chart_legends(ui, page, mlflow, "rl.train", shots / "07-rl-charts.png",
+                            "rollout/reward", "loss", "moe.layer1.entropy")
     assert charts and charts[0] == "rollout/reward", charts
     side = [i for i, k in enumerate(charts) if k.startswith(("moe.", "rollout.", "vs_parent."))]
     assert side and charts.index("loss") < min(side), charts
