@@ -30,6 +30,7 @@ def _herd_engine(eng: Engine):
 
     h = HerdEngine.__new__(HerdEngine)  # the LLMEngine without Ray's LLMConfig: its engine is given
     h.engine, h.model_id, h._vocab = eng, "tiny", eng.tokenizer.get_vocab_size()
+    h.pace = None  # what __init__ sets: streams unpaced (the server class paces them by its batcher's interval)
     return h
 
 
