@@ -10,7 +10,7 @@ Steps:
   judge digest, score, kept) and the kept, tokenized `data` (one conversation per row, assistant-only mask).
 - `sft.train` (driver, Ray Train): the one trainer with the cross-entropy objective, initialized from the base
   model (posttrain.model's distilled weights); then the result is compared with its parent on held-out
-  arithmetic and knowledge items (paired, McNemar), logged as `vs_parent/*` metrics and a `report`.
+  arithmetic and knowledge items (paired, McNemar), logged as `vs_parent.*` metrics and a `report`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class ExpertLoad:
         self.counts, self.entropy, self.n = {}, {}, 0
 
 
-# MLflow's run page draws one chart per metric, grouped into sections by the key's first "/" part; sections are
+# MLflow's run page draws one chart per metric, grouped into sections by the key's part before its last "/"; sections are
 # sorted by name and the ungrouped "Model metrics" section comes last. With the MoE keys as `moe/layer1/...`
 # the loss, CE and lr charts came after twelve expert-load charts. Shown in MLflow, the MoE keys are dotted
 # (`moe.layer1.load_e0`): they sort after ce, loss and lr in "Model metrics", and the held-out loss (`eval/`)
