@@ -184,6 +184,11 @@ def image_block_ids(tokens_per_tile: int) -> list[int]:
     return [IMAGE_START_ID, IMAGE_ID, *[PATCH_ID] * tokens_per_tile, IMAGE_END_ID]
 
 
+def newline_ids(tok: Any) -> list[int]:
+    """Every token whose text holds a newline: where a base model's one-line answer ends (evaluation, the judge)."""
+    return [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)]
+
+
 def encode_plain(tok: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of user or document text, with special-token strings inside it encoded as plain text.
 

@@ -119,9 +119,9 @@ class HerdLM:
         """End-of-turn ids plus every token whose text holds a newline: base-model answers are read up to the
         first newline, so decoding past it is wasted (the row leaves the batch as soon as it stops)."""
         if not hasattr(self, "_line_stops"):
-            vocab = self.tokenizer.get_vocab_size()
-            nl = [i for i in range(vocab) if "\n" in self.tokenizer.decode([i], skip_special_tokens=False)]
-            self._line_stops = (*EOT_IDS, *nl)
+            from herd.data.tokenizer import newline_ids
+
+            self._line_stops = (*EOT_IDS, *newline_ids(self.tokenizer))
         return self._line_stops
 
     @property

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from herd.data.tokenizer import EOT_ID
+from herd.data.tokenizer import EOT_ID, newline_ids
 from herd.posttrain.config import JudgeConfig
 from herd.posttrain.data import Example, encode_prompt, encode_sft, pad_rows
 from herd.posttrain.rewards import Prompt, is_correct
@@ -76,20 +76,15 @@ def pass_counts(model: nn.Module, tok: Any, prompts: Sequence[Prompt], cfg: Judg
     # verifiable answers are one line; a base-model judge (the teacher) never says <|eot|> in the chat format and
     # went on with the next "Question:" to max_new_tokens: ending at the first newline too costs the tokens the
     # answer needs, and the continuation's integers can no longer be read as its answer
-    stops = [EOT_ID, *newline_ids(tok)]
+    stops = {EOT_ID, *newline_ids(tok)}
     outs = sample_engine(model, ids, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                         stop=stops, seed=cfg.seed, logprobs=False, max_num_seqs=cfg.batch_size)
+                         stop=sorted(stops), seed=cfg.seed, logprobs=False, max_num_seqs=cfg.batch_size)
     counts: list[int] = []
     for j, p in enumerate(prompts):
         texts = [tok.decode([t for t in o.tokens if t not in stops], skip_special_tokens=True)
                  for o in outs[j * cfg.k:(j + 1) * cfg.k]]
         counts.append(sum(is_correct(p, t) >= 0.5 for t in texts))
     return counts
-
-
-def newline_ids(tok: Any) -> list[int]:
-    """Every token whose text holds a newline (with digits split, "\n" and "\n\n" are their own tokens)."""
-    return [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)]
 
 
 def judge_examples(model: nn.Module, tok: Any, examples: Sequence[Example], cfg: JudgeConfig) -> list[Judgment]:

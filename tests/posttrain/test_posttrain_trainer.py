@@ -89,7 +89,7 @@ def test_judge_ranks_by_loss_when_it_solves_nothing(tok) -> None:
 def test_judge_answers_end_at_their_first_newline(tok):
     """A base-model judge never says <|eot|> in the chat format: its answers end at the first newline (the next
     "Question:" it would go on with is neither paid for nor read as the answer)."""
-    from herd.posttrain.judge import newline_ids
+    from herd.data.tokenizer import newline_ids
     from herd.posttrain.rollout import sample_engine
 
     nl = newline_ids(tok)
