@@ -20,7 +20,12 @@ from herd.data.synthetic.arithmetic import check_answer
 # the same number stated as the answer. "The answer is N." alone let RL on the tiny student collapse into
 # "9 = 5. The answer is 5.": guessing the small answers of division problems without copying the operands, which
 # raised its sampled pass rate on the RL prompts (0.08 -> 0.26) while greedy held-out accuracy fell 0.087 -> 0.062
-_WORKED = re.compile(r"^\s*-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*(?P<n>-?\d+)\.\s*The answer is (?P=n)\.\s*$")
+_WORKED = re.compile(r"^\s*(?P<expr>-?\d+(?:\s*[-+*/]\s*-?\d+)+)\s*=\s*(?P<n>-?\d+)\.\s*The answer is (?P=n)\.\s*$")
+# ... and its operands are the question's numbers, in the question's order (every synthetic kind states them in
+# the order its expression uses them). The tiny models' bottleneck is copying those numbers (copy rate 0.08-0.5,
+# docs/benchmarks.md "posttrain"): a worked answer with made-up operands ("19 + 28 = 92" for "26 stickers ...
+# 47 more") earned the bonus, so groups with no correct answer had no signal towards copying; grounded, they do
+_INT = re.compile(r"\d+")  # unsigned: in an expression a '-' is the operator
 
 
 @dataclass
@@ -50,11 +55,24 @@ def is_correct(p: Prompt, completion: str) -> float:
     return float(normalize(completion) == normalize(p.answer))
 
 
+def question_numbers(p: Prompt) -> list[int]:
+    """The integers of the prompt's last user message, in order (what a worked answer's operands must copy)."""
+    user = [m["content"] for m in p.messages if m.get("role") == "user"]
+    return [int(x) for x in _INT.findall(user[-1])] if user else []
+
+
 def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
-    """The answer ended with the stop token; arithmetic is worked: 'a + b = N. The answer is N.'."""
+    """The answer ended with the stop token; arithmetic is worked, 'a + b = N. The answer is N.', with the
+    question's numbers as its operands (when the question states numbers)."""
     if not stopped:
         return False
-    return bool(_WORKED.match(completion)) if p.capability == "arithmetic" else len(completion) <= 200
+    if p.capability != "arithmetic":
+        return len(completion) <= 200
+    m = _WORKED.match(completion)
+    if m is None:
+        return False
+    asked = question_numbers(p)
+    return not asked or [int(x) for x in _INT.findall(m["expr"])] == asked
 
 
 def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float) -> tuple[float, float]:
@@ -64,4 +82,4 @@ def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float) -
     return c + format_weight * float(format_ok(p, completion, stopped)), c
 
 
-__all__ = ["Prompt", "format_ok", "is_correct", "normalize", "reward"]
+__all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward"]

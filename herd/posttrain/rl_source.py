@@ -36,7 +36,7 @@ from herd.posttrain.config import RLConfig
 from herd.posttrain.data import encode_prompt, pad_rows
 from herd.posttrain.grpo import group_advantages, zero_variance
 from herd.posttrain.ledger import Ledger
-from herd.posttrain.rewards import Prompt, reward
+from herd.posttrain.rewards import Prompt, format_ok, reward
 from herd.posttrain.rollout import sample, sample_engine
 
 
@@ -97,7 +97,7 @@ class RolloutSource:
                 text = self.tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
                 r, correct = reward(p, text, stopped=o.stopped, format_weight=cfg.format_reward)
                 members.append({"prompt": ids, "tokens": o.tokens, "logprobs": o.logprobs, "stopped": o.stopped,
-                                "reward": r, "correct": correct})
+                                "reward": r, "correct": correct, "format": format_ok(p, text, o.stopped)})
             groups.append({"prompt_id": pid, "capability": p.capability, "members": members})
         return groups
 
@@ -108,6 +108,7 @@ class RolloutSource:
         seen_members: list[dict[str, Any]] = []  # every rollout of the batch, kept or filtered (the metrics)
         seen = dropped = rounds = 0
         caps: dict[str, list[float]] = {}
+        fmts: dict[str, list[bool]] = {}
         t0 = time.perf_counter()
         for rnd in range(1 + (cfg.max_refill_rounds if cfg.filter_zero_variance else 0)):
             need = cfg.prompts_per_step - len(kept)
@@ -131,6 +132,7 @@ class RolloutSource:
                 seen_members += g["members"]
                 r = torch.tensor([[m["reward"] for m in g["members"]]])
                 caps.setdefault(g["capability"], []).extend(m["correct"] for m in g["members"])
+                fmts.setdefault(g["capability"], []).extend(m["format"] for m in g["members"])
                 if cfg.filter_zero_variance and bool(zero_variance(r)[0]):
                     dropped += 1
                     continue
@@ -148,6 +150,8 @@ class RolloutSource:
                  "rollout.seconds": time.perf_counter() - t0}  # generation + grading: the step's share of it
         for cap, vals in caps.items():
             stats[f"rollout.pass_rate.{cap}"] = float(np.mean(vals))
+            # arithmetic: worked answers whose operands are the question's numbers (copying comes before the sums)
+            stats[f"rollout.format_rate.{cap}"] = float(np.mean(fmts[cap]))
         stats.update(self.ledger.summary(cfg.tiers))
         self.step += 1
         return self._micro_batches(kept, stats)

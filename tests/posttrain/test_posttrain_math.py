@@ -224,3 +224,12 @@ def test_arithmetic_format_is_the_worked_answer() -> None:
     for guess in ("9 = 15. The answer is 15.", "The answer is 15.", "12 + 3 = 14. The answer is 15.", "15"):
         assert not format_ok(p, guess, stopped=True), guess
     assert format_ok(Prompt("k", [], "Paris", "knowledge"), "Paris", stopped=True)
+    # with the question at hand, the operands must be its numbers in order: the bonus rewards copying them
+    q = Prompt("g", [{"role": "system", "content": "Reply in 2 lines."}, {"role": "user", "content":
+               "Theo has 26 stickers. Theo gets 47 more. How many stickers does Theo have now?"}], "73", "arithmetic")
+    assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=True, format_weight=0.1) == (1.1, 1.0)
+    assert reward(q, "26 + 47 = 72. The answer is 72.", stopped=True, format_weight=0.1) == (0.1, 0.0)
+    assert reward(q, "19 + 54 = 73. The answer is 73.", stopped=True, format_weight=0.1) == (1.0, 1.0)
+    for made_up in ("19 + 28 = 47. The answer is 47.", "47 + 26 = 73. The answer is 73.", "26 + 47 + 2 = 75. "
+                    "The answer is 75."):
+        assert not format_ok(q, made_up, stopped=True), made_up
