@@ -39,9 +39,12 @@ def trained_model_ref(recipe: Recipe, name: str) -> str:
 
 
 def judge(ctx: StepContext) -> None:
+    from herd.posttrain.config import RLConfig, SFTConfig
     from herd.posttrain.stage import judge_sft
 
-    jcfg, sft, rl = ctx.config["posttrain.judge"], ctx.config["posttrain.sft"], ctx.config["posttrain.rl"]
+    jcfg = ctx.config["posttrain.judge"]
+    # only the fields the judge reads travel (JUDGE_READS); the rest take their defaults, which it never reads
+    sft, rl = SFTConfig.model_validate(ctx.config["posttrain.sft"]), RLConfig.model_validate(ctx.config["posttrain.rl"])
     j = ctx.inputs["judge"]
     ctx.progress(0, 1, f"judging SFT data with {jcfg.model} (pass@{jcfg.k})")
     stats = judge_sft(ctx.inputs["corpus"].local_path(), ctx.inputs["tasks"].local_path(),
@@ -72,12 +75,19 @@ def train(ctx: StepContext) -> None:
     report_vs_parent(ctx, step=0)
 
 
+# The fields of the sft and rl sections the judge reads (what it keeps, how it encodes, which prompts, the ledger's
+# tiers): its cache key holds only these, so a change of SFT's steps or seed, or of anything RL trains with,
+# reuses the judged data and the seeded ledger instead of judging again (1.5-5 minutes on tiny)
+JUDGE_READS = {"posttrain.sft": {"easy_fraction", "max_seq_len", "sources"}, "posttrain.rl": {"sources", "tiers"}}
+
+
 def build(recipe: Recipe) -> list[Step]:
     pt = recipe.posttrain
     sft = resolve_precision(pt.sft)
+    read = {k: sec.model_dump(mode="json", include=JUDGE_READS[k]) for k, sec in
+            (("posttrain.sft", sft), ("posttrain.rl", pt.rl))}
     return [
-        Step("sft.judge", judge,
-             config={"posttrain.judge": pt.judge, "posttrain.sft": sft, "posttrain.rl": pt.rl},
+        Step("sft.judge", judge, config={"posttrain.judge": pt.judge, **read},
              inputs={"corpus": CORPUS, "tasks": TASKS, "tokenizer": TOKENIZER,
                      "judge": trained_model_ref(recipe, pt.judge.model)},
              outputs={"data": "dataset", "ledger": "dataset"},

@@ -118,3 +118,21 @@ def test_code_closure_follows_what_each_stage_runs():
         assert {"herd.posttrain", "herd.train"} <= libs[post]
     assert "herd.quantize" in libs["quantize.int8"] and "herd.quantize" in libs["evaluate.int8"]
     assert "herd.serve" in libs["deploy.serve"]
+
+
+def test_judge_key_holds_only_what_the_judge_reads():
+    """Changing SFT's steps or seed, or RL's training knobs, reuses the judged SFT data and the seeded ledger; what
+    the judge reads (what it keeps, the RL pool, the tiers) still re-runs it."""
+    from herd.cli import pipeline_steps
+    from herd.platform.config import load_recipe
+
+    def judge_config(*overrides: str) -> dict:
+        step = next(s for s in pipeline_steps(load_recipe("tiny", list(overrides))) if s.name == "sft.judge")
+        return step.config_json()
+
+    base = judge_config()
+    for same in ("posttrain.sft.steps=70", "posttrain.sft.seed=3", "posttrain.rl.steps=15", "posttrain.rl.seed=2",
+                 "posttrain.rl.optim.lr=1e-5", "posttrain.rl.curriculum=false"):
+        assert judge_config(same) == base, same
+    for changed in ("posttrain.sft.easy_fraction=0.0", "posttrain.rl.tiers.hard_below=0.2", "posttrain.judge.k=3"):
+        assert judge_config(changed) != base, changed
