@@ -1,6 +1,7 @@
 """How fast does a tiny herd Llama 4 learn the arithmetic task from worked examples? One process, no Ray.
 
     HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --model student --minutes 3 --rows 4
+    HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --model student --model-set use_qk_norm=false
 
 Trains one of the recipe's models (fresh weights, herd's AdamW with MetaP groups, constant lr after a 20-step
 warmup) on a finished pipeline's training text (only the worked arithmetic with ``--mix arith``, else every
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300, help="held-out problems per evaluation")
     ap.add_argument("--mix", choices=["arith", "all"], default="arith")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model-set", action="append", default=[], metavar="FIELD=JSON",
+                    help="override a model field, e.g. use_qk_norm=false, attention_chunk_size=null")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -72,7 +75,11 @@ def main() -> None:
         stream += [bos, *tok.encode(d["text"], add_special_tokens=False).ids, eos]
     n = len(stream) // (a.seq + 1)
     data = torch.tensor(stream[: n * (a.seq + 1)]).view(n, a.seq + 1)
-    model = Llama4(ModelConfig.model_validate(recipe.models[a.model].model_dump()))
+    fields = recipe.models[a.model].model_dump()
+    for kv in a.model_set:
+        k, v = kv.split("=", 1)
+        fields[k] = json.loads(v)
+    model = Llama4(ModelConfig.model_validate(fields))
     opt = build_optimizer(model, recipe.pretrain.optim.model_copy(update={"lr": a.lr}))
     evalset = _output(home, "evaluate.evalset", "evalset") / "arithmetic.jsonl"
     items = [json.loads(line) for line in evalset.open()][: a.items]
@@ -80,7 +87,7 @@ def main() -> None:
     stops = [i for i in range(tok.get_vocab_size()) if "\n" in tok.decode([i], skip_special_tokens=False)]
     stops.append(tok.token_to_id("<|eot|>"))
     print(f"{a.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; {n} rows of {a.seq} "
-          f"tokens ({a.mix}); {a.rows} rows per step, lr {a.lr}", flush=True)
+          f"tokens ({a.mix}); {a.rows} rows per step, lr {a.lr}; {' '.join(a.model_set)}", flush=True)
 
     def evaluate() -> tuple[float, float, dict[str, float]]:
         model.eval()

@@ -146,8 +146,10 @@ class RLConfig(_TrainBase):
                               "survives the filter is trained.")
     sampler: Literal["engine", "static"] = Field("engine", description="engine: herd's continuous-batching "
                                                  "engine (herd.serve.engine); static: one static KV-cache batch.")
-    format_reward: float = Field(0.1, ge=0, description="Added for a completion that ends with <|eot|> and "
-                                 "states 'The answer is N.' (arithmetic) ")
+    format_reward: float = Field(0.1, ge=0, description="Added for a completion that ends with <|eot|>; "
+                                 "arithmetic: a worked answer on the question's numbers ('a + b = N. The answer is N.')")
+    require_work: bool = Field(True, description="Arithmetic is solved only by a worked answer whose operands are "
+                               "the question's numbers: a guessed result earns nothing.")
     curriculum: bool = Field(True, description="Sample prompts by ledger tier (else uniformly).")
     tiers: CurriculumConfig = Field(default_factory=CurriculumConfig)
     capabilities: dict[str, float] = Field(default_factory=lambda: {"arithmetic": 0.75, "knowledge": 0.25},

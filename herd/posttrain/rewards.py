@@ -75,11 +75,18 @@ def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
     return not asked or [int(x) for x in _INT.findall(m["expr"])] == asked
 
 
-def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float) -> tuple[float, float]:
+def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float,
+           require_work: bool = False) -> tuple[float, float]:
     """(total reward, correctness). Format only adds on top of correctness, so a wrong answer never wins by
-    format alone while a right one that also stops cleanly scores highest."""
+    format alone while a right one that also stops cleanly scores highest. With `require_work`, an arithmetic
+    answer is correct only when its worked expression copies the question's numbers: the tiny SFT student's
+    correct greedy answers were all guesses (0 of 200 with the question's operands: "45 / 7 = 11" for 21 / 7),
+    and RL reinforced those instead of the copying that real answers need."""
     c = is_correct(p, completion)
-    return c + format_weight * float(format_ok(p, completion, stopped)), c
+    fmt = format_ok(p, completion, stopped)
+    if require_work and p.capability == "arithmetic" and p.reward_fn is None and not format_ok(p, completion, True):
+        c = 0.0
+    return c + format_weight * float(fmt), c
 
 
 __all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward"]

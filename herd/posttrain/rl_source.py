@@ -95,7 +95,8 @@ class RolloutSource:
             for j in range(G):
                 o, ids = outs[i * G + j], prompt_ids[i * G + j]
                 text = self.tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
-                r, correct = reward(p, text, stopped=o.stopped, format_weight=cfg.format_reward)
+                r, correct = reward(p, text, stopped=o.stopped, format_weight=cfg.format_reward,
+                                    require_work=cfg.require_work)
                 members.append({"prompt": ids, "tokens": o.tokens, "logprobs": o.logprobs, "stopped": o.stopped,
                                 "reward": r, "correct": correct, "format": format_ok(p, text, o.stopped)})
             groups.append({"prompt_id": pid, "capability": p.capability, "members": members})

@@ -136,6 +136,8 @@ class DistillConfig(_TrainBase):
     teacher: str = Field("teacher", description="Key in `models` of the frozen teacher (from the pretrain flow).")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KL term (scaled by T^2).")
     alpha: AlphaConfig = Field(default_factory=AlphaConfig)
+    teacher_every: int = Field(1, ge=1, description="Soft targets on every k-th micro-batch, hard labels on the "
+                               "others (no teacher forward): ~1.7x the student's tokens/s at 4 on CPU.")
 
     @model_validator(mode="after")
     def _check_models(self) -> DistillConfig:

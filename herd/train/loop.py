@@ -196,16 +196,17 @@ class Trainer:
             self._peak = matmul_peak_flops(dtype, self.device)
         load = ExpertLoad()
         window_sums: dict[str, float] = {}
-        window_steps, window_tokens, window_time = 0, 0, 0.0
+        window_counts: dict[str, int] = {}
+        window_tokens, window_time = 0, 0.0
         last: dict[str, float] = {}
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             res = self.train_step()
             window_time += time.perf_counter() - t0
-            window_steps += 1
             window_tokens += res["tokens"]
             for k, v in res["metrics"].items():
                 window_sums[k] = window_sums.get(k, 0.0) + v
+                window_counts[k] = window_counts.get(k, 0) + 1
             for s in res["router_stats"]:
                 load.add(s)
             last_step = self.step == cfg.steps
@@ -213,7 +214,9 @@ class Trainer:
             ckpt_now = self.step % cfg.checkpoint.every_steps == 0 or last_step
             if not (log_now or ckpt_now):
                 continue
-            metrics = {k: v / window_steps for k, v in window_sums.items()}
+            # each metric over the steps that reported it: a codistill step without the teacher (teacher_every)
+            # has no kl / teacher_ce, and a window mean over all steps would understate them
+            metrics = {k: v / window_counts[k] for k, v in window_sums.items()}
             metrics["lr"] = res["metrics"]["lr"]
             metrics.update(load.summary())
             # tokens/s of the whole job: every rank runs the same steps in the same time (DDP syncs them)
@@ -230,7 +233,7 @@ class Trainer:
             metrics["step"] = float(self.step)
             reporter.report(self.step, metrics, self.write_checkpoint if ckpt_now else None)
             last = metrics
-            window_sums, window_steps, window_tokens, window_time = {}, 0, 0, 0.0
+            window_sums, window_counts, window_tokens, window_time = {}, {}, 0, 0.0
             load.reset()
         return last
 

@@ -227,7 +227,8 @@ def train_worker(config: dict[str, Any]) -> None:
                                                                            device=device)
     elif job.kind == "distill":
         assert isinstance(cfg, DistillConfig)
-        objective = CodistillObjective(_load_teacher(job).to(device), cfg.temperature, cfg.alpha)
+        objective = CodistillObjective(_load_teacher(job).to(device), cfg.temperature, cfg.alpha,
+                                       teacher_every=cfg.teacher_every)
     else:
         objective = CrossEntropyObjective()
     seq_len = getattr(reader, "seq_len", None) or 0

@@ -230,6 +230,12 @@ def test_arithmetic_format_is_the_worked_answer() -> None:
     assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=True, format_weight=0.1) == (1.1, 1.0)
     assert reward(q, "26 + 47 = 72. The answer is 72.", stopped=True, format_weight=0.1) == (0.1, 0.0)
     assert reward(q, "19 + 54 = 73. The answer is 73.", stopped=True, format_weight=0.1) == (1.0, 1.0)
-    for made_up in ("19 + 28 = 47. The answer is 47.", "47 + 26 = 73. The answer is 73.", "26 + 47 + 2 = 75. "
-                    "The answer is 75."):
+    # requiring the work, a right number on made-up operands is a guess and earns nothing
+    assert reward(q, "19 + 54 = 73. The answer is 73.", stopped=True, format_weight=0.1, require_work=True) == (0, 0)
+    assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=True, format_weight=0.1, require_work=True) == \
+        (1.1, 1.0)
+    assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=False, format_weight=0.1, require_work=True) == \
+        (1.0, 1.0)  # unfinished (no stop token): solved, no format bonus
+    for made_up in ("19 + 28 = 47. The answer is 47.", "47 + 26 = 73. The answer is 73.",
+                    "26 + 47 + 2 = 75. The answer is 75."):
         assert not format_ok(q, made_up, stopped=True), made_up

@@ -120,3 +120,29 @@ def test_configs_reject_bad_values_with_the_fix():
         DistillConfig(alpha={"min": 0.9, "max": 0.1})
     with pytest.raises(ValidationError, match="extra"):
         PretrainConfig(stepz=3)
+
+
+def test_teacher_every_k_runs_the_teacher_on_every_kth_batch_and_resumes_the_count():
+    """teacher_every = 3: soft targets (and the teacher's forward) on micro-batches 0, 3, 6, ...; the batches
+    between are exactly the hard-label loss; the count is checkpointed, so a resumed run keeps the same rhythm."""
+    b, s_logits, t_logits = _batch()
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return Fixed(t_logits)(x)
+
+    teacher = Counting()
+    obj = CodistillObjective(teacher, 2.0, AlphaConfig(rule="fixed", value=0.5), teacher_every=3)
+    ref = CrossEntropyObjective()(Fixed(s_logits), b)
+    outs = [obj(Fixed(s_logits), b) for _ in range(4)]
+    assert teacher.calls == 2  # batches 0 and 3
+    assert [o.metrics["alpha"] for o in outs] == [0.5, 0.0, 0.0, 0.5]
+    assert torch.equal(outs[1].loss, ref.loss) and not torch.equal(outs[0].loss, ref.loss)
+    resumed = CodistillObjective(teacher, 2.0, AlphaConfig(rule="fixed", value=0.5), teacher_every=3)
+    resumed.load_state_dict(obj.state_dict())  # 4 batches seen: the next soft batch is the 7th (index 6)
+    assert [resumed(Fixed(s_logits), b).metrics["alpha"] for _ in range(3)] == [0.0, 0.0, 0.5]
