@@ -10,8 +10,8 @@ the recipe plus overrides plus the seed of the stage under test (`posttrain.sft.
 - SFT: `hard-only` (the recipe's easy_fraction) vs `all data` (easy_fraction 0), same steps, batch and lr;
 - RL: `filter + curriculum` (the recipe) vs `neither` (zero-variance groups trained, prompts drawn uniformly), from
   the same SFT model (the recipe's, seed 0), same steps.
-Each model is scored greedily on the held-out arithmetic and knowledge items (herd.posttrain.measure, the items
-every stage's vs-parent check uses, --limit of each). Reported per seed (accuracy, Wilson 95% interval) and per
+Each model is scored greedily, in the chat format, on the evaluate flow's held-out arithmetic (1,000) and knowledge
+(300) items, the items of the pipeline's eval table (herd.posttrain.measure; --limit of each). Reported per seed (accuracy, Wilson 95% interval) and per
 pair of variants: the mean over seeds of the paired delta, its per-seed values, and the exact McNemar p-value of
 all seeds' items pooled (each seed pairs the two variants on the same items).
 """
@@ -67,11 +67,13 @@ def main() -> None:
                     t0 = time.perf_counter()
                     res = runner.run(pipeline_steps(recipe, ["rl"]), [step])
                     wall = time.perf_counter() - t0
-                    if suites is None:
-                        tasks = runner.store.get(res.outputs["data.synthetic"]["tasks"]).local_path()
+                    if suites is None:  # the evaluate flow's held-out set: the items of the pipeline's eval table
+                        evalset = runner.store.get(runner.run(pipeline_steps(recipe, ["evaluate"]),
+                                                              ["evaluate.evalset"]).outputs["evaluate.evalset"]
+                                                   ["evalset"]).local_path()
                         tok = load_tokenizer(runner.store.get(res.outputs["data.tokenizer"]["tokenizer"])
                                              .local_path())
-                        suites = {s: eval_prompts(_tasks(tasks, f"{s}_eval"), s, args.limit)
+                        suites = {s: eval_prompts(_tasks(evalset, s), s, args.limit)
                                   for s in ("arithmetic", "knowledge")}
                     model = load_hf(str(runner.store.get(res.records[step].outputs["model"]).local_path()))
                     got = {s: score_items(model, tok, items) for s, items in suites.items()}
