@@ -21,7 +21,7 @@ from herd.data.tokenizer import EOT_ID
 from herd.posttrain.config import JudgeConfig, RLConfig, SFTConfig
 from herd.posttrain.data import encode_prompt, encode_sft, pad_rows, sft_examples, write_jsonl
 from herd.posttrain.ledger import Ledger
-from herd.posttrain.rewards import Prompt, format_ok, is_correct
+from herd.posttrain.rewards import Prompt, format_ok, reward
 
 
 def load_tokenizer(tok_dir: str | Path) -> Any:
@@ -125,16 +125,25 @@ def onpolicy_pairs(model: torch.nn.Module, tok: Any, prompts: list[Prompt], cfg:
         outs = sampler(model, [encode_prompt(tok, p.messages) for p in chunk for _ in range(G)],
                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=[EOT_ID], seed=seed + i)
         for j, p in enumerate(chunk):
-            cands = []
-            for o in outs[j * G:(j + 1) * G]:
-                text = tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
-                cands.append((is_correct(p, text) >= 0.5, format_ok(p, text, o.stopped), len(o.tokens), text))
-            good = sorted([c for c in cands if c[0]], key=lambda c: (not c[1], c[2]))
-            bad = sorted([c for c in cands if not c[0]], key=lambda c: -c[2])
-            if good and bad:
-                pairs.append({"prompt": p.messages, "chosen": good[0][3], "rejected": bad[0][3],
+            answers = [(tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True), o.stopped,
+                        len(o.tokens)) for o in outs[j * G:(j + 1) * G]]
+            pair = pick_pair(p, answers, cfg)
+            if pair is not None:
+                pairs.append({"prompt": p.messages, "chosen": pair[0], "rejected": pair[1],
                               "kind": f"onpolicy-{p.capability}"})
     return pairs
+
+
+def pick_pair(p: Prompt, answers: list[tuple[str, bool, int]], cfg: RLConfig) -> tuple[str, str] | None:
+    """(chosen, rejected) among one prompt's sampled (text, stopped, n_tokens), or None without both kinds.
+    Solved is what RL rewards (`reward`'s correctness, so with `require_work` a lucky arithmetic guess is not:
+    choosing it over an answer that copied the question taught DPO to guess); ties among the solved go to the
+    right format, then the shortest, and among the unsolved to the longest (the most wasteful mistake)."""
+    cands = [(reward(p, text, stopped=stopped, format_weight=0.0, require_work=cfg.require_work)[1] >= 0.5,
+              format_ok(p, text, stopped), n, text) for text, stopped, n in answers]
+    good = sorted([c for c in cands if c[0]], key=lambda c: (not c[1], c[2]))
+    bad = sorted([c for c in cands if not c[0]], key=lambda c: -c[2])
+    return (good[0][3], bad[0][3]) if good and bad else None
 
 
 @torch.no_grad()
@@ -181,4 +190,5 @@ def measure(model_dir: str | Path, parent_dir: str | Path, tok_dir: str | Path, 
     return metrics, items
 
 
-__all__ = ["dpo_rows", "judge_sft", "load_tokenizer", "measure", "onpolicy_pairs", "rl_inputs", "rl_pool"]
+__all__ = ["dpo_rows", "judge_sft", "load_tokenizer", "measure", "onpolicy_pairs", "pick_pair", "rl_inputs",
+           "rl_pool"]

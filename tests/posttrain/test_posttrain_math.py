@@ -239,3 +239,20 @@ def test_arithmetic_format_is_the_worked_answer() -> None:
     for made_up in ("19 + 28 = 47. The answer is 47.", "47 + 26 = 73. The answer is 73.",
                     "26 + 47 + 2 = 75. The answer is 75."):
         assert not format_ok(q, made_up, stopped=True), made_up
+
+
+def test_onpolicy_pairs_choose_what_rl_rewards_never_a_lucky_guess():
+    """The DPO pair of one prompt: chosen is solved the way RL's reward counts it (with require_work, the worked
+    answer on the question's numbers), format first, then the shortest; rejected is the longest unsolved one."""
+    from herd.posttrain.config import RLConfig
+    from herd.posttrain.rewards import Prompt
+    from herd.posttrain.stage import pick_pair
+
+    q = Prompt("g", [{"role": "user", "content": "Jack shares 21 apples equally among 7 friends. How many apples "
+                                                 "does each get?"}], "3", "arithmetic")
+    guess, work, wrong = "45 / 15 = 3. The answer is 3.", "21 / 7 = 3. The answer is 3.", "21 / 7 = 4. The answer is 4."
+    answers = [(guess, True, 12), (wrong, True, 12), (work, True, 12), ("21 / 7 = 4", False, 24)]
+    assert pick_pair(q, answers, RLConfig()) == (work, "21 / 7 = 4")
+    # a lucky guess is no solution when RL requires the work: no pair without a solved answer
+    assert pick_pair(q, [(guess, True, 12), (wrong, True, 12)], RLConfig()) is None
+    assert pick_pair(q, [(guess, True, 12), (wrong, True, 12)], RLConfig(require_work=False)) == (guess, wrong)
