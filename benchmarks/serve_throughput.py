@@ -10,7 +10,9 @@ one application, routed by ``model``, to measure that too). For each engine, mea
 async client over real HTTP, streaming, ``ignore_eos`` so every request decodes exactly ``--tokens``:
 
 - one client at a time (``--sequential`` requests) vs ``--clients`` concurrent streaming clients: decode tok/s
-  and the ratio (target >= 8x);
+  and the ratio (target >= 8x). The default is one burst (each client sends one request: the admission ramp and
+  the last request's tail are in the wall time); ``--steady N`` also measures the clients sending N requests
+  each back to back (steady state: new requests are admitted while others decode), reported beside it;
 - p50 / p95 time to first token at both loads;
 - transformers' batched ``generate`` (batch 1 and ``--clients``) on the same checkpoint: the offline reference;
 - a bounded load test (``--load-clients`` x ``--load-requests``, self-stopping): errors must be 0 and the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -94,6 +97,8 @@ def main() -> None:
     ap.add_argument("--model", help="HF checkpoint dir (default: a random tiny-teacher-shaped Llama 4)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests-per-client", type=int, default=1)
+    ap.add_argument("--steady", type=int, default=4, help="also measure --clients x N back-to-back requests "
+                    "(steady state; 0: skip)")
     ap.add_argument("--sequential", type=int, default=4, help="requests of the one-at-a-time run")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--load-clients", type=int, default=16)
@@ -103,6 +108,10 @@ def main() -> None:
     ap.add_argument("--together", action="store_true", help="serve both engines in one app while measuring each")
     ap.add_argument("--json")
     args = ap.parse_args()
+    # the load generator runs on the cores it measures: the openai client's transport logs every request at
+    # INFO (as JSON once Ray configured logging), CPU the served engines would otherwise get
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     import os
 
@@ -145,8 +154,11 @@ def main() -> None:
                 url = up([e])
             one = asyncio.run(measure(url, e, 1, args.sequential, args.tokens))
             many = asyncio.run(measure(url, e, args.clients, args.requests_per_client, args.tokens))
+            steady = asyncio.run(measure(url, e, args.clients, args.steady, args.tokens)) if args.steady else None
             load = asyncio.run(measure(url, e, args.load_clients, args.load_requests, 8))
-            out[e] = {"one": one, "many": many, "load": load, "ratio_many_vs_one": many["tok_s"] / one["tok_s"],
+            out[e] = {"one": one, "many": many, "steady": steady, "load": load,
+                      "ratio_many_vs_one": many["tok_s"] / one["tok_s"],
+                      "ratio_steady_vs_one": steady["tok_s"] / one["tok_s"] if steady else None,
                       "answers_after_load": health(url) is not None}
             print(e, json.dumps(out[e], indent=1), flush=True)
             if not args.together:
@@ -156,17 +168,19 @@ def main() -> None:
     out["transformers"] = {"one": transformers_reference(ckpt, 1, args.tokens),
                            "many": transformers_reference(ckpt, args.clients, args.tokens)}
     n = args.clients
-    rows = [(f"| engine | tok/s @1 | tok/s @{n} | @{n} / @1 | TTFT p50/p95 @1 (s) | TTFT p50/p95 @{n} (s) "
-             "| load errors | deploy (s) |"), "|---|---|---|---|---|---|---|---|"]
+    k = args.steady
+    rows = [(f"| engine | tok/s @1 | tok/s @{n} | @{n} / @1 | tok/s @{n}x{k} steady | steady / @1 | TTFT p50/p95 @1 (s) "
+             f"| TTFT p50/p95 @{n} (s) | load errors | deploy (s) |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for e in engines:
         r = out[e]
-        rows.append(f"| {e} | {r['one']['tok_s']:.0f} | {r['many']['tok_s']:.0f} | {r['ratio_many_vs_one']:.1f}x | "
+        st = (f"{r['steady']['tok_s']:.0f} | {r['ratio_steady_vs_one']:.1f}x" if r["steady"] else "- | -")
+        rows.append(f"| {e} | {r['one']['tok_s']:.0f} | {r['many']['tok_s']:.0f} | {r['ratio_many_vs_one']:.1f}x | {st} | "
                     f"{r['one']['ttft_p50_s']:.3f} / {r['one']['ttft_p95_s']:.3f} | {r['many']['ttft_p50_s']:.3f} / "
                     f"{r['many']['ttft_p95_s']:.3f} | {r['load']['errors']} of {r['load']['requests']} "
                     f"(answers after: {r['answers_after_load']}) | {out['deploy_s'][e]:.0f} |")
     t = out["transformers"]
     rows.append(f"| transformers generate (offline) | {t['one']:.0f} | {t['many']:.0f} | {t['many'] / t['one']:.1f}x "
-                "| - | - | - | - |")
+                "| - | - | - | - | - | - |")
     if "herd" in out and "vllm" in out:
         rows.append(f"\nherd / vLLM decode tok/s: {out['herd']['one']['tok_s'] / out['vllm']['one']['tok_s']:.2f}x at 1 "
                     f"client, {out['herd']['many']['tok_s'] / out['vllm']['many']['tok_s']:.2f}x at {args.clients}")

@@ -99,6 +99,7 @@ def build_app(specs: list[ModelSpec], deploy: DeployConfig) -> Any:
     from ray.serve.llm.ingress import make_fastapi_ingress
 
     from herd.serve.ingress import ENDPOINTS, HerdIngress, make_app
+    from herd.serve.vllm_app import replica_runtime_env
 
     deployments, cards, served = {}, {}, {}
     for spec in specs:
@@ -116,8 +117,9 @@ def build_app(specs: list[ModelSpec], deploy: DeployConfig) -> Any:
     ingress_cls = make_fastapi_ingress(HerdIngress, endpoint_map=ENDPOINTS, app=make_app())
     # The ingress does no model work: 0 CPUs, so it schedules even when the engines hold every CPU (on 2
     # logical CPUs a 1-CPU ingress never started beside vLLM's bundle).
+    # Serve merges this over the driver's runtime env (env vars key by key)
     ingress = serve.deployment(ingress_cls, name="HerdIngress", max_ongoing_requests=100_000,
-                               ray_actor_options={"num_cpus": 0})
+                               ray_actor_options={"num_cpus": 0, "runtime_env": replica_runtime_env()})
     return ingress.bind(llm_deployments=deployments, model_cards=cards, lora_paths={}, served=served,
                         api_key_sha256=api_key_sha256(deploy), max_body_bytes=deploy.limits.max_body_bytes)
 

@@ -416,12 +416,12 @@ class HerdServer(StreamBatching, LLMServer):
         # LLMServer's version sizes a placement group from vLLM's engine config; herd's engine is one actor.
         import ray
 
+        from herd.serve.vllm_app import replica_runtime_env
+
         opts = copy.deepcopy(llm_config.deployment_config)
         rao = opts.setdefault("ray_actor_options", {})
-        env = {**(ray.get_runtime_context().runtime_env or {}), **rao.get("runtime_env", {}),
-               **(llm_config.runtime_env or {})}
-        if env:
-            rao["runtime_env"] = env
+        rao["runtime_env"] = replica_runtime_env(ray.get_runtime_context().runtime_env, rao.get("runtime_env"),
+                                                 llm_config.runtime_env)
         return opts
 
 

@@ -84,6 +84,26 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
     )
 
 
+# Environment of every herd replica (the ingress and both engines' servers). Ray Serve writes each request's
+# access log line to the replica's log file and, by default, to stderr too; Ray's log monitor tails stderr,
+# publishes every line through the GCS and each connected driver prints it: two lines a request (ingress and
+# model server), paid in four processes on the cores that serve. The log files under the session's
+# logs/serve/ keep every line (``herd status`` names the session).
+SERVE_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0"}
+
+
+def replica_runtime_env(*envs: dict[str, Any] | None) -> dict[str, Any]:
+    """Runtime envs merged left to right over ``SERVE_ENV``; ``env_vars`` merged key by key (Ray Serve LLM
+    merges the top level only, so a model's own env vars would drop the job's)."""
+    out: dict[str, Any] = {}
+    env_vars = dict(SERVE_ENV)
+    for env in envs:
+        out.update(env or {})
+        env_vars.update((env or {}).get("env_vars") or {})
+    out["env_vars"] = env_vars
+    return out
+
+
 def deployment_config(deploy: DeployConfig) -> dict[str, Any]:
     """Serve options of a model deployment (either engine): replicas, concurrency, shedding."""
     return {
@@ -98,4 +118,4 @@ def deployment_config(deploy: DeployConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["deployment_config", "engine_kwargs", "llm_config", "vllm_blockers"]
+__all__ = ["SERVE_ENV", "deployment_config", "engine_kwargs", "llm_config", "replica_runtime_env", "vllm_blockers"]

@@ -109,3 +109,24 @@ def test_served_engine_loads_through_the_one_inference_loader(tmp_path) -> None:
             assert len(out.token_ids) == 4
         finally:
             engine.shutdown()
+
+
+def test_replicas_keep_serve_logs_off_stderr_and_merge_the_jobs_env_vars(tmp_path, monkeypatch) -> None:
+    import ray
+
+    from herd.serve.app import ModelSpec
+    from herd.serve.herd_server import HerdServer, llm_config
+    from herd.serve.vllm_app import SERVE_ENV, replica_runtime_env
+
+    # access logs stay in the replicas' log files, not on stderr (tailed, published and printed per request)
+    assert SERVE_ENV == {"RAY_SERVE_LOG_TO_STDERR": "0"} and replica_runtime_env() == {"env_vars": SERVE_ENV}
+    # env_vars merge key by key, later envs win (a user's own setting beats herd's default)
+    env = replica_runtime_env({"env_vars": {"A": "1"}, "working_dir": "w"}, None,
+                              {"env_vars": {"B": "2", "RAY_SERVE_LOG_TO_STDERR": "1"}})
+    assert env == {"working_dir": "w", "env_vars": {"RAY_SERVE_LOG_TO_STDERR": "1", "A": "1", "B": "2"}}
+    job = type("Context", (), {"runtime_env": {"env_vars": {"HF_HOME": "/h"}, "working_dir": "w"}})()
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: job)
+    opts = HerdServer.get_deployment_options(llm_config(ModelSpec(id="m", path=str(tmp_path), engine="herd"),
+                                                        DeployConfig()))
+    assert opts["ray_actor_options"]["runtime_env"] == {
+        "working_dir": "w", "env_vars": {"RAY_SERVE_LOG_TO_STDERR": "0", "HF_HOME": "/h"}}
