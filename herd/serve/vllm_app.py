@@ -84,7 +84,8 @@ def llm_config(spec: ModelSpec, deploy: DeployConfig) -> Any:
     )
 
 
-# Environment of every herd replica (the ingress and both engines' servers). Ray Serve writes each request's
+# Environment of herd's ingress and herd's engine server (vLLM's server keeps LLMServer's own deployment
+# options: merging env vars into them broke its placement check in tests). Ray Serve writes each request's
 # access log line to the replica's log file and, by default, to stderr too; Ray's log monitor tails stderr,
 # publishes every line through the GCS and each connected driver prints it: two lines a request (ingress and
 # model server), paid in four processes on the cores that serve. The log files under the session's
