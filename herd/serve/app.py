@@ -187,7 +187,10 @@ def lacking_resources(app: str) -> list[str]:
                              raise_on_missing_output=False):
             name = a.name or ""
             if name.startswith(prefix) and not any(name[len("SERVE_REPLICA::"):] in line for line in out):
-                need = {k: float(v) for k, v in (a.required_resources or {}).items()}
+                # an actor inside a placement group asks for the group's bundle_group_* resources, which exist only
+                # once the group is placed: not lacking (a pending group is reported by the scan above)
+                need = {k: float(v) for k, v in (a.required_resources or {}).items()
+                        if not k.startswith("bundle_group_")}
                 short = {k: v for k, v in need.items() if v > free.get(k, 0.0)}
                 if short:
                     out.append(_describe(name[len("SERVE_REPLICA::"):], need, short, free, total))
