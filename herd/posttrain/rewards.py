@@ -83,10 +83,10 @@ def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float,
     correct greedy answers were all guesses (0 of 200 with the question's operands: "45 / 7 = 11" for 21 / 7),
     and RL reinforced those instead of the copying that real answers need."""
     c = is_correct(p, completion)
-    fmt = format_ok(p, completion, stopped)
-    if require_work and p.capability == "arithmetic" and p.reward_fn is None and not format_ok(p, completion, True):
+    worked = format_ok(p, completion, stopped=True)  # the format, whether or not the answer stopped
+    if require_work and p.capability == "arithmetic" and p.reward_fn is None and not worked:
         c = 0.0
-    return c + format_weight * float(fmt), c
+    return c + format_weight * float(stopped and worked), c
 
 
 __all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward"]
