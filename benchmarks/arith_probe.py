@@ -2,6 +2,7 @@
 
     HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --model student --minutes 3 --rows 4
     HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --model student --model-set use_qk_norm=false
+    HERD_HOME=/tmp/p .venv/bin/python benchmarks/arith_probe.py --minutes 6 --bf16 --max-new 40 --format plain   # vs steps
 
 Trains one of the recipe's models (fresh weights, herd's AdamW with MetaP groups, constant lr after a 20-step
 warmup) on a finished pipeline's training text (only the worked arithmetic with ``--mix arith``, else every
@@ -19,6 +20,7 @@ import collections
 import json
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -41,6 +43,20 @@ def kind(question: str) -> str:
             else "div" if "shares" in question else "3op")
 
 
+_SOLUTION = re.compile(r"Solution: (?P<expr>[-+*/ \d]+?) = (?:[-+*/ \d]+ = )*(?P<n>-?\d+)\. The answer is (?P=n)\.")
+
+
+def rerender(text: str, fmt: str) -> str:
+    """A text's worked solutions in one format: 'plain' (one step) or 'steps' (herd's stepped solutions)."""
+    from herd.data.synthetic.arithmetic import stepped
+
+    def one(m: re.Match[str]) -> str:
+        n = int(m["n"])
+        return "Solution: " + (stepped(m["expr"], n) if fmt == "steps" else f"{m['expr']} = {n}. The answer is {n}.")
+
+    return _SOLUTION.sub(one, text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="student", help="key in the recipe's models")
@@ -51,8 +67,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0, help="training time (evaluation not counted)")
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between evaluations")
     ap.add_argument("--items", type=int, default=300, help="held-out problems per evaluation")
+    ap.add_argument("--max-new", type=int, default=24)
+    ap.add_argument("--bf16", action="store_true", help="autocast the forward to bf16, as herd's trainer does")
     ap.add_argument("--mix", choices=["arith", "all"], default="arith")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--format", choices=["as-is", "plain", "steps"], default="as-is",
+                    help="re-render each worked solution: plain 'a + b = N.', steps as herd's data writes them "
+                         "(herd.data.synthetic.arithmetic.stepped); as-is: the corpus's text")
     ap.add_argument("--model-set", action="append", default=[], metavar="FIELD=JSON",
                     help="override a model field, e.g. use_qk_norm=false, attention_chunk_size=null")
     a = ap.parse_args()
@@ -69,6 +90,8 @@ def main() -> None:
     if a.mix == "arith":
         docs = [d for d in docs if d.get("family") == "arithmetic"]
     random.shuffle(docs)
+    if a.format != "as-is":
+        docs = [{**d, "text": rerender(d["text"], a.format)} for d in docs]
     bos, eos = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|end_of_text|>")
     stream: list[int] = []
     for d in docs:
@@ -93,7 +116,7 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             outs = [g for i in range(0, len(prompts), 100)
-                    for g in generate(model, prompts[i:i + 100], SamplingParams(max_new_tokens=24, stop_tokens=stops))]
+                    for g in generate(model, prompts[i:i + 100], SamplingParams(max_new_tokens=a.max_new, stop_tokens=stops))]
         model.train()
         per: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         copied = 0
@@ -116,7 +139,8 @@ def main() -> None:
         for g in opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
             g["lr"] = g["initial_lr"] * min(1.0, (step + 1) / 20)
-        out = model(b[:, :-1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            out = model(b[:, :-1])
         loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), b[:, 1:].flatten())
         (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

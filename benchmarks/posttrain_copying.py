@@ -48,7 +48,7 @@ def main() -> None:
     ids = [encode_prompt(tok, p.messages) for p in pool]
     for step in args.steps:
         model = load_hf(str(_output(home, step, "model"))).eval()
-        gens = generate_once(model, ids, SamplingParams(max_tokens=24, temperature=0.0, stop_token_ids=[EOT_ID],
+        gens = generate_once(model, ids, SamplingParams(max_tokens=48, temperature=0.0, stop_token_ids=[EOT_ID],
                                                         ignore_eos=True), max_num_seqs=64, max_num_batched_tokens=2048)
         n = dict.fromkeys(("correct", "worked", "first_copied", "all_copied", "correct_with_work"), 0)
         for p, g in zip(pool, gens, strict=True):

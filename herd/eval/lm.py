@@ -1,7 +1,7 @@
 """The one adapter between the suites and a model: batched generation and batched log-likelihood.
 
     lm = HerdLM.load("path/to/model_dir", batch_size=32)     # herd or transformers Llama 4 checkpoint + tokenizer
-    lm.generate([lm.encode("Question: ...\\nSolution:", bos=True)], max_new_tokens=24)   # -> [[token ids]]
+    lm.generate([lm.encode("Question: ...\\nSolution:", bos=True)], max_new_tokens=48)   # -> [[token ids]]
     lm.loglikelihood([(context_ids, continuation_ids)])      # -> [(sum logprob, continuation is greedy)]
     lm.token_nll(rows, masks)                                # -> [(sum nll over target tokens, count)]
 

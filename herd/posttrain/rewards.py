@@ -20,7 +20,10 @@ from herd.data.synthetic.arithmetic import check_answer
 # the same number stated as the answer. "The answer is N." alone let RL on the tiny student collapse into
 # "9 = 5. The answer is 5.": guessing the small answers of division problems without copying the operands, which
 # raised its sampled pass rate on the RL prompts (0.08 -> 0.26) while greedy held-out accuracy fell 0.087 -> 0.062
-_WORKED = re.compile(r"^\s*(?P<expr>-?\d+(?:\s*[-+*/]\s*-?\d+)+)\s*=\s*(?P<n>-?\d+)\.\s*The answer is (?P=n)\.\s*$")
+# The worked answer may take steps between the question's expression and the result ("26 + 47 = 60 + 13 = 73.",
+# herd.data.synthetic.arithmetic.stepped); only the first expression's operands are checked (below)
+_EXPR = r"-?\d+(?:\s*[-+*/]\s*-?\d+)+"
+_WORKED = re.compile(rf"^\s*(?P<expr>{_EXPR})\s*=\s*(?:{_EXPR}\s*=\s*)*(?P<n>-?\d+)\.\s*The answer is (?P=n)\.\s*$")
 # ... and its operands are the question's numbers, in the question's order (every synthetic kind states them in
 # the order its expression uses them). The tiny models' bottleneck is copying those numbers (copy rate 0.08-0.5,
 # docs/benchmarks.md "posttrain"): a worked answer with made-up operands ("19 + 28 = 92" for "26 stickers ...
@@ -62,7 +65,7 @@ def question_numbers(p: Prompt) -> list[int]:
 
 
 def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
-    """The answer ended with the stop token; arithmetic is worked, 'a + b = N. The answer is N.', with the
+    """The answer ended with the stop token; arithmetic is worked, 'a + b [= steps] = N. The answer is N.', with the
     question's numbers as its operands (when the question states numbers)."""
     if not stopped:
         return False

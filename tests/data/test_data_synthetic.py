@@ -77,6 +77,29 @@ def test_answers_are_checkable(corpus):
     assert all(d["chosen"] != d["rejected"] for d in corpus.tasks["preferences"])
 
 
+def test_worked_solutions_take_true_steps():
+    """Every side of a stepped solution ("26 + 47 = 60 + 13 = 73.") equals the answer, the first side is the
+    question's expression, and the answer is stated last: the steps teach arithmetic, never a wrong fact."""
+    import re
+
+    import numpy as np
+
+    from herd.data.synthetic.arithmetic import make_problems, stepped
+
+    assert stepped("26 + 47", 73) == "26 + 47 = 60 + 13 = 73. The answer is 73."
+    assert stepped("52 - 17", 35) == "52 - 17 = 42 - 7 = 35. The answer is 35."
+    assert stepped("26 + 47 - 30", 43) == "26 + 47 - 30 = 60 + 13 - 30 = 73 - 30 = 43. The answer is 43."
+    assert stepped("7 * 12", 84) == "7 * 12 = 84. The answer is 84."
+    kinds = set()
+    for p in make_problems(3000, np.random.default_rng(5)):
+        body, stated = re.fullmatch(r"(.*)\. The answer is (-?\d+)\.", p.solution()).groups()
+        sides = body.split(" = ")
+        assert sides[0] == p.expression and int(sides[-1]) == int(stated) == p.answer
+        assert all(eval(side) == p.answer for side in sides), p.solution()  # noqa: S307 (digits and + - * / only)
+        kinds.add((p.expression.count(" "), len(sides)))
+    assert {(2, 3), (4, 4)} <= kinds  # two-operand sums/differences and three-operand ones did take steps
+
+
 def test_digit_tiles_are_normalized_like_llama4():
     tile = digit_tile(np.full(64, 16), 32)
     assert tile.shape == (3, 32, 32) and tile.dtype == np.float32

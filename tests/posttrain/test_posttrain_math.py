@@ -237,8 +237,12 @@ def test_arithmetic_format_is_the_worked_answer() -> None:
     assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=False, format_weight=0.1, require_work=True) == \
         (1.0, 1.0)  # unfinished (no stop token): solved, no format bonus
     for made_up in ("19 + 28 = 47. The answer is 47.", "47 + 26 = 73. The answer is 73.",
-                    "26 + 47 + 2 = 75. The answer is 75."):
+                    "26 + 47 + 2 = 75. The answer is 75.", "19 + 54 = 60 + 13 = 73. The answer is 73."):
         assert not format_ok(q, made_up, stopped=True), made_up
+    # the stepped answers the training data teaches (herd.data.synthetic.arithmetic.stepped) are worked answers
+    assert reward(q, "26 + 47 = 60 + 13 = 73. The answer is 73.", stopped=True, format_weight=0.1,
+                  require_work=True) == (1.1, 1.0)
+    assert not format_ok(q, "26 + 47 = 60 + 13 = 73 = 73. The answer is 73.", stopped=True)  # a step is an expression
 
 
 def test_onpolicy_pairs_choose_what_rl_rewards_never_a_lucky_guess():
