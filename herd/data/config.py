@@ -110,6 +110,10 @@ class SyntheticConfig(_Section):
         # calibration run learned it from worked examples alone); 4,000 left the teacher at ~3%.
         12000, ge=0, description="Worked arithmetic word problems in the training text."
     )
+    arithmetic_steps: bool = Field(
+        True, description="Work the solutions in steps ('26 + 47 = 60 + 13 = 73. The answer is 73.'): a small "
+        "model learns sums and differences from them, given ~2 M tokens (benchmarks/arith_probe.py); false: one "
+        "step ('26 + 47 = 73.'), which the tiny recipe's RL samples more reliably.")
     n_arithmetic_eval: int = Field(200, ge=1, description="Held-out arithmetic problems for evaluation.")
     n_rl_prompts: int = Field(
         400, ge=1, description="Held-out arithmetic prompts with verifiable answers for RL."

@@ -98,6 +98,9 @@ def test_worked_solutions_take_true_steps():
         assert all(eval(side) == p.answer for side in sides), p.solution()  # noqa: S307 (digits and + - * / only)
         kinds.add((p.expression.count(" "), len(sides)))
     assert {(2, 3), (4, 4)} <= kinds  # two-operand sums/differences and three-operand ones did take steps
+    plain = make_problems(5, np.random.default_rng(5), steps=False)
+    assert [p.solution() for p in plain] == [f"{p.expression} = {p.answer}. The answer is {p.answer}." for p in plain]
+    assert [p.question for p in plain] == [p.question for p in make_problems(5, np.random.default_rng(5))]
 
 
 def test_digit_tiles_are_normalized_like_llama4():

@@ -66,7 +66,7 @@ def build_synthetic(cfg: SyntheticConfig) -> SyntheticCorpus:
 
     # arithmetic: one stream of distinct problems, split eval / rl / train.
     problems = arithmetic.make_problems(
-        cfg.n_arithmetic_eval + cfg.n_rl_prompts + cfg.n_arithmetic_train, rng_a
+        cfg.n_arithmetic_eval + cfg.n_rl_prompts + cfg.n_arithmetic_train, rng_a, steps=cfg.arithmetic_steps
     )
     ev, rl = (
         problems[: cfg.n_arithmetic_eval],

@@ -58,9 +58,16 @@ class Problem:
     question: str
     expression: str
     answer: int
+    steps: bool = True  # the worked solution in steps (`stepped`) or in one ("26 + 47 = 73. The answer is 73.")
 
     def solution(self) -> str:
-        return stepped(self.expression, self.answer)
+        if self.steps:
+            return stepped(self.expression, self.answer)
+        return f"{self.expression} = {self.answer}. The answer is {self.answer}."
+
+    def with_answer(self, answer: int) -> Problem:
+        """The same problem and work with another result (a wrong answer for a preference pair)."""
+        return Problem(self.question, self.expression, answer, self.steps)
 
 
 def _tens_ones(a: int, b: int) -> str:
@@ -131,13 +138,14 @@ def _problem(rng: np.random.Generator) -> Problem:
     )
 
 
-def make_problems(n: int, rng: np.random.Generator) -> list[Problem]:
-    """`n` distinct problems (distinct question text)."""
+def make_problems(n: int, rng: np.random.Generator, *, steps: bool = True) -> list[Problem]:
+    """`n` distinct problems (distinct question text), whose solutions are worked in steps or in one."""
     seen: set[str] = set()
     out: list[Problem] = []
     tries = 0
     while len(out) < n:
         p = _problem(rng)
+        p = p if steps else Problem(p.question, p.expression, p.answer, steps=False)
         tries += 1
         if tries > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct arithmetic problems; lower the synthetic sizes")

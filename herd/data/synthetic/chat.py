@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from herd.data.synthetic import knowledge
-from herd.data.synthetic.arithmetic import Problem, stepped
+from herd.data.synthetic.arithmetic import Problem
 
 SYSTEM = "You are a helpful assistant. Answer briefly and correctly."
 SMALL_TALK = [
@@ -86,7 +86,7 @@ def make_preferences(
             p = problems[int(rng.integers(len(problems)))]
             prompt, chosen = arithmetic_turn(p)
             wrong = p.answer + int(rng.choice([-3, -2, -1, 1, 2, 3]))
-            rejected = stepped(p.expression, wrong)  # the same work, a wrong result
+            rejected = p.with_answer(wrong).solution()  # the same work, a wrong result
         else:
             person = people[int(rng.integers(len(people)))]
             attr = knowledge.ATTRIBUTES[int(rng.integers(len(knowledge.ATTRIBUTES)))]
