@@ -3,8 +3,9 @@
     HERD_HOME=/tmp/p .venv/bin/python benchmarks/posttrain_copying.py sft.train rl.train dpo.train
 
 For each step's `model` output of a finished pipeline in $HERD_HOME, greedily answers the first --prompts
-arithmetic prompts of the RL pool in the chat format (herd's engine, stop at <|eot|>, 24 new tokens) and prints
-the share of answers that are correct (the last number), in the worked format ('a + b = N. The answer is N.'),
+arithmetic prompts of the RL pool in the chat format (herd's engine, stop at <|eot|>, 48 new tokens) and prints
+the share of answers that are correct (the last number), in the worked format ('a + b [= steps] = N. The
+answer is N.'), that take intermediate steps,
 start with the question's first number, use all of the question's numbers as operands (grounded: what RL's format
 bonus and `require_work` check, herd.posttrain.rewards.format_ok), and are correct with that work.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-_WORKED_ANY = re.compile(r"^\s*-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*(-?\d+)\.\s*The answer is \1\.\s*$")
+_EXPR = r"-?\d+(?:\s*[-+*/]\s*-?\d+)+"
+_WORKED_ANY = re.compile(rf"^\s*{_EXPR}\s*=\s*(?:{_EXPR}\s*=\s*)*(-?\d+)\.\s*The answer is \1\.\s*$")
 
 
 def main() -> None:
@@ -50,7 +52,7 @@ def main() -> None:
         model = load_hf(str(_output(home, step, "model"))).eval()
         gens = generate_once(model, ids, SamplingParams(max_tokens=48, temperature=0.0, stop_token_ids=[EOT_ID],
                                                         ignore_eos=True), max_num_seqs=64, max_num_batched_tokens=2048)
-        n = dict.fromkeys(("correct", "worked", "first_copied", "all_copied", "correct_with_work"), 0)
+        n = dict.fromkeys(("correct", "worked", "first_copied", "all_copied", "correct_with_work", "stepped"), 0)
         for p, g in zip(pool, gens, strict=True):
             text = tok.decode([t for t in g.token_ids if t != EOT_ID], skip_special_tokens=True)
             correct, grounded = is_correct(p, text) >= 0.5, format_ok(p, text, True)
@@ -60,6 +62,7 @@ def main() -> None:
             n["first_copied"] += bool(nums) and int(nums[0]) == question_numbers(p)[0]
             n["all_copied"] += grounded
             n["correct_with_work"] += correct and grounded
+            n["stepped"] += text.count("=") >= 2  # intermediate steps ("26 + 47 = 60 + 13 = 73.")
         print(step, {k: round(v / len(pool), 3) for k, v in n.items()}, flush=True)
 
 

@@ -111,9 +111,11 @@ class SyntheticConfig(_Section):
         12000, ge=0, description="Worked arithmetic word problems in the training text."
     )
     arithmetic_steps: bool = Field(
-        True, description="Work the solutions in steps ('26 + 47 = 60 + 13 = 73. The answer is 73.'): a small "
-        "model learns sums and differences from them, given ~2 M tokens (benchmarks/arith_probe.py); false: one "
-        "step ('26 + 47 = 73.'), which the tiny recipe's RL samples more reliably.")
+        False, description="Work the solutions in steps ('26 + 47 = 60 + 13 = 73. The answer is 73.') instead of "
+        "one ('26 + 47 = 73.'). Trained alone on the same tokens for 6 minutes, the tiny student solved 0.335 of "
+        "held-out problems with steps vs 0.217 without (benchmarks/arith_probe.py); in the tiny pipeline (~0.55 M "
+        "arithmetic tokens) the final model fell to 0.037 from 0.058, RL's samples writing the longer work less "
+        "often. Off in tiny and small (measured); docs/benchmarks.md \"posttrain\".")
     n_arithmetic_eval: int = Field(200, ge=1, description="Held-out arithmetic problems for evaluation.")
     n_rl_prompts: int = Field(
         400, ge=1, description="Held-out arithmetic prompts with verifiable answers for RL."

@@ -91,16 +91,16 @@ def test_worked_solutions_take_true_steps():
     assert stepped("26 + 47 - 30", 43) == "26 + 47 - 30 = 60 + 13 - 30 = 73 - 30 = 43. The answer is 43."
     assert stepped("7 * 12", 84) == "7 * 12 = 84. The answer is 84."
     kinds = set()
-    for p in make_problems(3000, np.random.default_rng(5)):
+    for p in make_problems(3000, np.random.default_rng(5), steps=True):
         body, stated = re.fullmatch(r"(.*)\. The answer is (-?\d+)\.", p.solution()).groups()
         sides = body.split(" = ")
         assert sides[0] == p.expression and int(sides[-1]) == int(stated) == p.answer
         assert all(eval(side) == p.answer for side in sides), p.solution()  # noqa: S307 (digits and + - * / only)
         kinds.add((p.expression.count(" "), len(sides)))
     assert {(2, 3), (4, 4)} <= kinds  # two-operand sums/differences and three-operand ones did take steps
-    plain = make_problems(5, np.random.default_rng(5), steps=False)
+    plain = make_problems(5, np.random.default_rng(5))
     assert [p.solution() for p in plain] == [f"{p.expression} = {p.answer}. The answer is {p.answer}." for p in plain]
-    assert [p.question for p in plain] == [p.question for p in make_problems(5, np.random.default_rng(5))]
+    assert [p.question for p in plain] == [p.question for p in make_problems(5, np.random.default_rng(5), steps=True)]
 
 
 def test_digit_tiles_are_normalized_like_llama4():

@@ -58,7 +58,7 @@ class Problem:
     question: str
     expression: str
     answer: int
-    steps: bool = True  # the worked solution in steps (`stepped`) or in one ("26 + 47 = 73. The answer is 73.")
+    steps: bool = False  # the worked solution in steps (`stepped`) or in one ("26 + 47 = 73. The answer is 73.")
 
     def solution(self) -> str:
         if self.steps:
@@ -138,14 +138,14 @@ def _problem(rng: np.random.Generator) -> Problem:
     )
 
 
-def make_problems(n: int, rng: np.random.Generator, *, steps: bool = True) -> list[Problem]:
+def make_problems(n: int, rng: np.random.Generator, *, steps: bool = False) -> list[Problem]:
     """`n` distinct problems (distinct question text), whose solutions are worked in steps or in one."""
     seen: set[str] = set()
     out: list[Problem] = []
     tries = 0
     while len(out) < n:
         p = _problem(rng)
-        p = p if steps else Problem(p.question, p.expression, p.answer, steps=False)
+        p = Problem(p.question, p.expression, p.answer, steps) if steps else p
         tries += 1
         if tries > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct arithmetic problems; lower the synthetic sizes")
