@@ -95,7 +95,7 @@ def test_worked_solutions_take_true_steps():
         body, stated = re.fullmatch(r"(.*)\. The answer is (-?\d+)\.", p.solution()).groups()
         sides = body.split(" = ")
         assert sides[0] == p.expression and int(sides[-1]) == int(stated) == p.answer
-        assert all(eval(side) == p.answer for side in sides), p.solution()  # noqa: S307 (digits and + - * / only)
+        assert all(eval(side) == p.answer for side in sides), p.solution()  # digits and + - * / only
         kinds.add((p.expression.count(" "), len(sides)))
     assert {(2, 3), (4, 4)} <= kinds  # two-operand sums/differences and three-operand ones did take steps
     plain = make_problems(5, np.random.default_rng(5))
