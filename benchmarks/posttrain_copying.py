@@ -3,12 +3,12 @@
     HERD_HOME=/tmp/p .venv/bin/python benchmarks/posttrain_copying.py sft.train rl.train dpo.train
 
 For each step's `model` output of a finished pipeline in $HERD_HOME, greedily answers the first --prompts
-arithmetic prompts of the RL pool (or, with --source eval, of the evaluation's held-out items) in the chat format (herd's engine, stop at <|eot|>, 48 new tokens) and prints
-the share of answers that are correct (the last number), in the worked format ('a + b [= steps] = N. The
-answer is N.'), that take intermediate steps,
-start with the question's first number, use all of the question's numbers as operands (grounded: what RL's format
-bonus and `require_work` check, herd.posttrain.rewards.format_ok), and are correct with that work; and the share
-correct per kind of problem (add, sub, mul, div, 3-operand).
+arithmetic prompts of the RL pool (or, with --source eval, of the evaluation's held-out items) in the chat format
+(herd's engine, stop at <|eot|>, 48 new tokens) and prints the share of answers that are correct (the last
+number), in the worked format ('a + b [= steps] = N. The answer is N.', herd.posttrain.rewards.worked_operands),
+that take intermediate steps, start with the question's first number, use all of the question's numbers as
+operands (grounded: what RL's format bonus and `require_work` check, herd.posttrain.rewards.format_ok), and are
+correct with that work; and the share correct per kind of problem (add, sub, mul, div, 3-operand).
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-_EXPR = r"-?\d+(?:\s*[-+*/]\s*-?\d+)+"
-_WORKED_ANY = re.compile(rf"^\s*{_EXPR}\s*=\s*(?:{_EXPR}\s*=\s*)*(-?\d+)\.\s*The answer is \1\.\s*$")
 
 
 def main() -> None:
@@ -43,7 +40,7 @@ def main() -> None:
     from herd.model import load_hf
     from herd.posttrain.config import RLConfig
     from herd.posttrain.data import encode_prompt
-    from herd.posttrain.rewards import Prompt, format_ok, is_correct, question_numbers
+    from herd.posttrain.rewards import Prompt, format_ok, is_correct, question_numbers, worked_operands
     from herd.posttrain.stage import load_tokenizer, rl_pool
     from herd.serve.engine import SamplingParams, generate_once
 
@@ -70,7 +67,7 @@ def main() -> None:
             correct, grounded = is_correct(p, text) >= 0.5, format_ok(p, text, True)
             nums = re.findall(r"\d+", text)
             n["correct"] += correct
-            n["worked"] += bool(_WORKED_ANY.match(text))
+            n["worked"] += worked_operands(text) is not None
             n["first_copied"] += bool(nums) and int(nums[0]) == question_numbers(p)[0]
             n["all_copied"] += grounded
             n["correct_with_work"] += correct and grounded

@@ -61,8 +61,8 @@ class ArithmeticConfig(_Section):
 
     n_items: int = Field(1000, ge=1, description="Problems scored greedily (topped up with held-out problems "
                          "generated from a separate seed when the task file has fewer).")
-    max_new_tokens: int = Field(48, ge=1, description="Generation budget per answer (the training data's stepped "
-                                "three-operand answers are ~45 tokens; generation stops at the line's end).")
+    max_new_tokens: int = Field(48, ge=1, description="Generation budget per answer (a three-operand worked answer "
+                                "is ~33 tokens, ~45 in steps; generation stops at the line's end).")
     pass_k: list[int] = Field(default_factory=lambda: [1, 4], min_length=1,
                               description="k values of sampled pass@k (unbiased estimator, Chen et al. 2021).")
     samples: int = Field(8, ge=1, description="Samples per problem for pass@k (n >= max(pass_k)).")

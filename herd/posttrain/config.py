@@ -67,8 +67,8 @@ class JudgeConfig(_Section):
                        "its pretrain output when it is the teacher, else its distill output).")
     k: int = Field(4, ge=1, description="Samples per verifiable prompt (pass@k).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the judge (the one RL uses).")
-    max_new_tokens: int = Field(48, ge=1, description="Generation budget per judged answer (a stepped three-operand "
-                                "arithmetic answer is ~45 tokens).")
+    max_new_tokens: int = Field(48, ge=1, description="Generation budget per judged answer (a three-operand worked "
+                                "answer is ~33 tokens, ~45 in steps).")
     batch_size: int = Field(64, ge=1, description="Answers decoded together (engine slots) and rows per "
                             "reference-loss batch.")
     seed: int = Field(0)
@@ -133,7 +133,7 @@ class RLConfig(_TrainBase):
     prompts_per_step: int = Field(8, ge=1, description="Prompt groups trained per step (per worker).")
     group_size: int = Field(8, ge=2, description="Completions per prompt.")
     max_new_tokens: int = Field(48, ge=1, description="Completion budget; truncated ones are masked (DAPO): it "
-                                "must hold the longest worked answer (~45 tokens), or that kind never trains.")
+                                "must hold the longest worked answer (~33 tokens, ~45 in steps), or that kind never trains.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; the trainer's log-probs use it too.")
     scale_rewards: Literal["group", "none"] = Field("group", description="group: (r - mean)/(std + eps); none: "
                                                     "r - mean (Dr. GRPO).")
@@ -149,7 +149,7 @@ class RLConfig(_TrainBase):
     sampler: Literal["engine", "static"] = Field("engine", description="engine: herd's continuous-batching "
                                                  "engine (herd.serve.engine); static: one static KV-cache batch.")
     format_reward: float = Field(0.1, ge=0, description="Added for a completion that ends with <|eot|>; "
-                                 "arithmetic: a worked answer on the question's numbers ('a + b = T + O = N. The answer is N.')")
+                                 "arithmetic: a worked answer on the question's numbers ('a + b [= steps] = N. The answer is N.')")
     require_work: bool = Field(True, description="Arithmetic is solved only by a worked answer whose operands are "
                                "the question's numbers: a guessed result earns nothing.")
     curriculum: bool = Field(True, description="Sample prompts by ledger tier (else uniformly).")

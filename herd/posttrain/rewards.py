@@ -64,6 +64,12 @@ def question_numbers(p: Prompt) -> list[int]:
     return [int(x) for x in _INT.findall(user[-1])] if user else []
 
 
+def worked_operands(completion: str) -> list[int] | None:
+    """The operands of a worked arithmetic answer ('a + b [= steps] = N. The answer is N.'), None when it is not one."""
+    m = _WORKED.match(completion)
+    return None if m is None else [int(x) for x in _INT.findall(m["expr"])]
+
+
 def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
     """The answer ended with the stop token; arithmetic is worked, 'a + b [= steps] = N. The answer is N.', with the
     question's numbers as its operands (when the question states numbers)."""
@@ -71,11 +77,11 @@ def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
         return False
     if p.capability != "arithmetic":
         return len(completion) <= 200
-    m = _WORKED.match(completion)
-    if m is None:
+    operands = worked_operands(completion)
+    if operands is None:
         return False
     asked = question_numbers(p)
-    return not asked or [int(x) for x in _INT.findall(m["expr"])] == asked
+    return not asked or operands == asked
 
 
 def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float,
@@ -92,4 +98,4 @@ def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float,
     return c + format_weight * float(stopped and worked), c
 
 
-__all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward"]
+__all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward", "worked_operands"]

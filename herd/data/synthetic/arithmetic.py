@@ -7,6 +7,7 @@ and the evaluator share: the last integer in a completion must equal the answer.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ class Problem:
 
     def with_answer(self, answer: int) -> Problem:
         """The same problem and work with another result (a wrong answer for a preference pair)."""
-        return Problem(self.question, self.expression, answer, self.steps)
+        return dataclasses.replace(self, answer=answer)
 
 
 def _tens_ones(a: int, b: int) -> str:
@@ -145,7 +146,7 @@ def make_problems(n: int, rng: np.random.Generator, *, steps: bool = False) -> l
     tries = 0
     while len(out) < n:
         p = _problem(rng)
-        p = Problem(p.question, p.expression, p.answer, steps) if steps else p
+        p = dataclasses.replace(p, steps=steps)
         tries += 1
         if tries > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct arithmetic problems; lower the synthetic sizes")
