@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_throughput.py                 # tiny-teacher shape, random weights, ~5 min
     .venv/bin/python benchmarks/serve_throughput.py --model DIR --clients 32 --tokens 64 --json out.json
+    .venv/bin/python benchmarks/serve_throughput.py --tokens 128 --dtype bfloat16   # both engines in bf16
 
 The same checkpoint is served as ``herd`` (herd's continuous-batching engine) and ``vllm`` (vLLM's CPU build through
 Ray Serve LLM), each behind herd's ingress, one engine deployed at a time (a live vLLM-CPU replica keeps a core busy
@@ -78,11 +79,11 @@ async def measure(url: str, model: str, clients: int, requests_each: int, tokens
             "tok_s": toks / wall, "ttft_p50_s": _pct(ttfts, 0.5), "ttft_p95_s": _pct(ttfts, 0.95)}
 
 
-def transformers_reference(ckpt: str, batch: int, tokens: int) -> float:
+def transformers_reference(ckpt: str, batch: int, tokens: int, dtype: str = "float32") -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).eval()
     ids = torch.tensor([[0, 50, 60, 70, 80, 90, 100, 110]] * batch)
     kw = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False, "pad_token_id": 12}
     with torch.no_grad():
@@ -106,6 +107,9 @@ def main() -> None:
     ap.add_argument("--engines", default="herd,vllm")
     ap.add_argument("--num-cpus", type=int, default=8, help="Ray logical CPUs (the box may have fewer cores)")
     ap.add_argument("--together", action="store_true", help="serve both engines in one app while measuring each")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="weights/activations of both engines and the transformers reference (deploy.dtype); "
+                         "bfloat16 runs 2-2.6x faster batched matmuls on CPUs with AVX512-BF16/AMX")
     ap.add_argument("--json")
     args = ap.parse_args()
     # the load generator runs on the cores it measures: the openai client's transport logs every request at
@@ -134,9 +138,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              object_store_memory=512 * 1024**2)
     cfg = DeployConfig(engine="auto", port=8791, app_name="bench", max_model_len=512,
-                       max_num_seqs=max(32, args.clients), num_cpus=1, kv_cache_gib=1, ready_timeout_s=900)
+                       max_num_seqs=max(32, args.clients), num_cpus=1, kv_cache_gib=1, ready_timeout_s=900,
+                       dtype=args.dtype)
     out: dict = {"model": ckpt, "tokens": args.tokens, "clients": args.clients, "torch_threads": torch.get_num_threads(),
-                 "together": args.together}
+                 "together": args.together, "dtype": args.dtype}
 
     def up(names: list[str]) -> str:
         t0 = time.perf_counter()
@@ -165,8 +170,8 @@ def main() -> None:
                 serve.delete(cfg.app_name)
     finally:
         serve.shutdown()
-    out["transformers"] = {"one": transformers_reference(ckpt, 1, args.tokens),
-                           "many": transformers_reference(ckpt, args.clients, args.tokens)}
+    out["transformers"] = {"one": transformers_reference(ckpt, 1, args.tokens, args.dtype),
+                           "many": transformers_reference(ckpt, args.clients, args.tokens, args.dtype)}
     n = args.clients
     k = args.steady
     rows = [(f"| engine | tok/s @1 | tok/s @{n} | @{n} / @1 | tok/s @{n}x{k} steady | steady / @1 | TTFT p50/p95 @1 (s) "

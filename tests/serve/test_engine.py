@@ -388,9 +388,14 @@ def test_from_pretrained_text_and_stop_strings(ckpt) -> None:
     )  # never streamed, even partly joined
 
 
-def test_bf16_checkpoint_runs_in_bf16(ckpt) -> None:
-    eng = Engine.from_pretrained(ckpt, EngineConfig(max_num_seqs=2, max_model_len=64), dtype=torch.bfloat16)
-    assert eng.core.kv.k[0].dtype == torch.bfloat16
+@pytest.mark.parametrize("kv_dtype", ["auto", "bfloat16"])
+def test_bf16_checkpoint_runs_in_bf16(ckpt, kv_dtype: str) -> None:
+    eng = Engine.from_pretrained(
+        ckpt, EngineConfig(max_num_seqs=2, max_model_len=64, kv_dtype=kv_dtype), dtype=torch.bfloat16
+    )
+    assert eng.core.model.lm_head.weight.dtype == torch.bfloat16
+    # auto on CPU: bf16 weights, fp32 slots and attention (bf16 CPU attention is the slower one)
+    assert eng.core.kv.k[0].dtype == (torch.float32 if kv_dtype == "auto" else torch.bfloat16)
     prompts = [eng.encode("Jonas Kovacs lives"), eng.encode("7 + 7 =")]
     outs = eng.generate_batch(
         prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
