@@ -109,7 +109,8 @@ def main() -> None:
     ap.add_argument("--together", action="store_true", help="serve both engines in one app while measuring each")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="weights/activations of both engines and the transformers reference (deploy.dtype); "
-                         "bfloat16 runs 2-2.6x faster batched matmuls on CPUs with AVX512-BF16/AMX")
+                         "bfloat16 decodes herd's batches ~1.25x faster on CPUs with AVX512-BF16/AMX "
+                         "(benchmarks/engine_dtype.py)")
     ap.add_argument("--json")
     args = ap.parse_args()
     # the load generator runs on the cores it measures: the openai client's transport logs every request at

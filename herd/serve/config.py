@@ -75,7 +75,7 @@ class DeployConfig(_Section):
     max_num_seqs: int = Field(32, ge=1, description="Sequences decoded together (both engines).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights/activations dtype (float32 on CPU; bfloat16 on GPU, and for herd's engine "
-        "on CPUs with AVX512-BF16/AMX, where its batched decode is ~1.3x faster: its KV cache stays fp32).")
+        "on CPUs with AVX512-BF16/AMX, where its batched decode is ~1.25x faster: its KV cache stays fp32).")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     engine_kwargs: dict[str, object] = Field(default_factory=dict, description="Extra vLLM engine arguments "
                                              "(merged last).")

@@ -49,7 +49,7 @@ def kv_dtype(name: str, ref: torch.Tensor) -> torch.dtype:
     1.3x faster; attention then takes q/k/v in fp32 and answers in the model's dtype (``SlotKV.attend``)."""
     if name != "auto":
         return getattr(torch, name)
-    return torch.float32 if ref.device.type == "cpu" and ref.is_floating_point() else ref.dtype
+    return torch.float32 if ref.device.type == "cpu" else ref.dtype
 
 
 class EngineCore:
