@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -56,10 +57,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now, from 20000-29999: outside Linux's ephemeral range (32768-60999) and
+    Ray's worker ports (10002-19999). A kernel-chosen port is ephemeral, and a Ray head started between the pick
+    and its use opens dozens of ephemeral sockets: once it took the port first (CI, test_herd_serve_status_down:
+    "Failed to bind to address '127.0.0.1:45943'")."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-29999 on 127.0.0.1")
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
