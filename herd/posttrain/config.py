@@ -72,6 +72,10 @@ class JudgeConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Answers decoded together (engine slots) and rows per "
                             "reference-loss batch.")
     seed: int = Field(0)
+    threads: int = Field(1, ge=0, description="torch threads while judging (0: leave torch's setting). The judge "
+                         "runs in the driver beside distillation, whose workers hold the cores: with 2 threads on "
+                         "a 2-core box its parallel regions waited on a descheduled thread and it ended ~45 s after "
+                         "distill; with 1 it takes its share and finishes inside it.")
 
 
 SYSTEM_POOL = [
@@ -110,6 +114,11 @@ class CurriculumConfig(_Section):
     end: dict[str, float] = Field(default_factory=lambda: {"easy": 0.05, "medium": 0.35, "hard": 0.55,
                                                            "unsolved": 0.05},
                                   description="Tier mix at the last step (linear in between).")
+    cooldown: int = Field(4, ge=0, description="A prompt drawn at RL step s is not drawn again before step "
+                          "s + cooldown while its capability has enough others (0: no limit). Without it a tier "
+                          "of one or two prompts filled its share with the same ones every step: on tiny one "
+                          "prompt was drawn 11 times in 20 steps (143 of 176 right) and RL learned such answers, "
+                          "not arithmetic (docs/benchmarks.md, 'posttrain').")
 
     @model_validator(mode="after")
     def _check(self) -> CurriculumConfig:

@@ -105,9 +105,12 @@ class Ledger:
         return out
 
     def sample(self, n: int, rng: np.random.Generator, *, progress: float, cfg: CurriculumConfig,
-               capabilities: dict[str, float] | None = None, curriculum: bool = True) -> list[str]:
+               capabilities: dict[str, float] | None = None, curriculum: bool = True,
+               step: int | None = None) -> list[str]:
         """`n` distinct prompt ids (fewer only if the ledger is smaller): split over capabilities by their
-        shares, then over tiers by the curriculum mix at `progress` (uniform when curriculum is False)."""
+        shares, then over tiers by the curriculum mix at `progress` (uniform when curriculum is False). With
+        `step`, prompts drawn within the last `cfg.cooldown` steps rest while their capability has enough
+        others."""
         caps = sorted({e.capability for e in self.entries.values()})
         share = {c: (capabilities or {}).get(c, 0.0) for c in caps}
         if sum(share.values()) <= 0:  # no configured shares for what is present: equal shares
@@ -115,7 +118,11 @@ class Ledger:
         quota = _apportion(n, share)
         picked: list[str] = []
         for cap in caps:
-            pool = Ledger([e for e in self.entries.values() if e.capability == cap])
+            members = [e for e in self.entries.values() if e.capability == cap]
+            if step is not None and cfg.cooldown:
+                fresh = [e for e in members if e.last_step < 0 or step - e.last_step >= cfg.cooldown]
+                members = fresh if len(fresh) >= quota[cap] else members
+            pool = Ledger(members)
             if not curriculum:
                 ids = sorted(pool.entries)
                 k = min(quota[cap], len(ids))

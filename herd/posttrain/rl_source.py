@@ -118,7 +118,7 @@ class RolloutSource:
             rng = np.random.default_rng([cfg.seed, self.step, rnd])
             per_rank = math.ceil(cfg.prompts_per_step * cfg.oversample)
             draw = self.ledger.sample(per_rank * self.world, rng, progress=progress, cfg=cfg.tiers,
-                                      capabilities=cfg.capabilities, curriculum=cfg.curriculum)
+                                      capabilities=cfg.capabilities, curriculum=cfg.curriculum, step=self.step)
             draw = [draw[i] for i in rng.permutation(len(draw))]  # the draw is grouped by capability: mix it
             mine = draw[self.rank::self.world][:math.ceil(max(need, 0) * cfg.oversample)]
             groups = self._groups(mine, rnd)

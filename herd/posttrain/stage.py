@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,26 @@ def judge_sft(corpus_dir: str | Path, tasks_dir: str | Path, tok_dir: str | Path
               judge_digest: str, judge: JudgeConfig, sft: SFTConfig, rl: RLConfig, data_out: str | Path,
               ledger_out: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, float]:
     """Judge every SFT example (and the RL pool), keep the hard ones, write rows.jsonl and the ledger."""
+    with torch_threads(judge.threads):  # beside distill's workers (JudgeConfig.threads)
+        return _judge_sft(corpus_dir, tasks_dir, tok_dir, judge_dir, judge_digest, judge, sft, rl, data_out,
+                          ledger_out, storage_options)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` (0: left alone) inside the block, restored after it."""
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _judge_sft(corpus_dir: str | Path, tasks_dir: str | Path, tok_dir: str | Path, judge_dir: str | Path,
+               judge_digest: str, judge: JudgeConfig, sft: SFTConfig, rl: RLConfig, data_out: str | Path,
+               ledger_out: str | Path, storage_options: dict[str, Any] | None) -> dict[str, float]:
     from herd.model import load_hf
     from herd.posttrain.judge import judge_examples, judge_prompts, select_hard
     from herd.posttrain.sources import sft_user_examples

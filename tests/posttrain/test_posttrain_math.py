@@ -104,6 +104,31 @@ def test_ledger_update_tiers_and_curriculum() -> None:
     assert s["rollout.ledger.unsolved"] == pytest.approx(0.2) and s["rollout.ledger.hard"] == pytest.approx(0.2)
 
 
+def test_curriculum_rests_a_prompt_for_cooldown_steps() -> None:
+    """A tier of one prompt no longer fills its share with that prompt every step: drawn at step s, it rests
+    until s + cooldown while the capability has enough others (0: drawn every step, as before)."""
+    def draws(cooldown: int) -> list[int]:
+        cfg = CurriculumConfig(start={"medium": 0.5, "hard": 0.5}, end={"medium": 0.5, "hard": 0.5},
+                               cooldown=cooldown)
+        led = Ledger()
+        led.add("m0", "arithmetic")
+        led.update("m0", 2, 4, -1, cfg)  # ema .5: the only medium prompt
+        for i in range(12):
+            led.add(f"h{i}", "arithmetic")
+            led.update(f"h{i}", 0, 2, -1, cfg)  # hard
+        steps = []
+        for step in range(8):
+            picks = led.sample(2, np.random.default_rng(step), progress=0.0, cfg=cfg, step=step)
+            assert len(set(picks)) == 2
+            for p in picks:
+                led.update(p, 1 if p == "m0" else 0, 2, step, cfg)
+            steps += [step] if "m0" in picks else []
+        return steps
+
+    assert draws(0) == list(range(8))
+    assert draws(3) == [0, 3, 6]
+
+
 def test_curriculum_shifts_toward_hard() -> None:
     cfg = CurriculumConfig(start={"medium": 1.0}, end={"hard": 1.0})
     led = Ledger()

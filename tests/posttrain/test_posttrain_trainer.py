@@ -104,6 +104,26 @@ def test_judge_answers_end_at_their_first_newline(tok):
     assert all(t not in nl for o in outs for t in o.tokens[:-1])
 
 
+def test_judge_threads_hold_for_the_judge_only() -> None:
+    """The judge runs in the driver beside distillation's workers with `JudgeConfig.threads` torch threads and
+    leaves the driver's setting as it was, also when judging fails; 0 leaves torch's setting."""
+    from herd.posttrain.stage import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="judge failed"), torch_threads(1):
+            raise RuntimeError("judge failed")
+        assert torch.get_num_threads() == 2
+        with torch_threads(0):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def _rl_cfg(**kw: object) -> RLConfig:
     base: dict[str, object] = {
         "steps": 4, "log_every": 1, "prompts_per_step": 3, "group_size": 4, "max_new_tokens": 8, "grad_accum": 2,
