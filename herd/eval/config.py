@@ -68,6 +68,10 @@ class ArithmeticConfig(_Section):
     samples: int = Field(8, ge=1, description="Samples per problem for pass@k (n >= max(pass_k)).")
     pass_k_items: int = Field(100, ge=1, description="Problems used for sampled pass@k.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature for pass@k.")
+    sampled_on: Literal["heavy", "posttrain"] = Field(
+        "heavy", description="Models that get sampled pass@k: heavy = those full_suites_on names (with NIAH); "
+        "posttrain = those too, and every post-trained model (sft, rl, dpo) and its parent, so each post-training "
+        "stage is paired with its parent on sampled pass@1 (what RL optimizes) as well as greedy.")
 
     @model_validator(mode="after")
     def _check(self) -> ArithmeticConfig:

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from herd.eval.result import SuiteResult
-from herd.eval.stats import compare
+from herd.eval.stats import Comparison, compare, compare_rates
 
 # The headline metric of each suite (what the table and chart show).
 PRIMARY = {"perplexity": "perplexity", "knowledge": "exact_match", "arithmetic": "pass_at_1",
            "multiple_choice": "acc", "needle": "acc", "image": "acc"}
+SAMPLED = "arithmetic_sampled"  # the comparison of sampled pass@1 (arithmetic's per-item share of right samples)
 SUITE_ORDER = ("perplexity", "knowledge", "multiple_choice", "arithmetic", "needle", "image")
 
 
@@ -66,11 +67,16 @@ def build_report(models: list[ModelResults], out_dir: str | Path, *, seq_len: in
             a, b = parent.suites.get(s), m.suites.get(s)
             if a is None or b is None or a.skipped or b.skipped:
                 continue
-            c = compare(a, b, confidence=confidence, seed=seed)
-            if c is not None:  # a difference to claim: the interval excludes 0 AND the test rejects at 1-conf
+            pairs = [(s, compare(a, b, confidence=confidence, seed=seed))]
+            if s == "arithmetic":
+                pairs.append((SAMPLED, compare_sampled(a, b, confidence=confidence, seed=seed)))
+            for name, c in pairs:
+                if c is None:
+                    continue
+                # a difference to claim: the interval excludes 0 AND the test rejects at 1-conf
                 # (a bootstrap interval can graze 0 while the exact McNemar test does not reject, or vice versa)
                 differs = (c.lo > 0 or c.hi < 0) and c.p_value < 1 - confidence
-                comparisons.append({"model": m.label, "parent": parent.label, "suite": s, **c.to_dict(),
+                comparisons.append({"model": m.label, "parent": parent.label, "suite": name, **c.to_dict(),
                                     "significant": bool(differs)})
     summary = {"suites": suites, "rows": rows, "comparisons": comparisons, "confidence": confidence}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -85,6 +91,20 @@ def build_report(models: list[ModelResults], out_dir: str | Path, *, seq_len: in
     (out / "report.md").write_text(render_markdown(summary, [p.name for p in files.values()]))
     summary["files"] = {k: str(v) for k, v in files.items()}
     return summary
+
+
+def compare_sampled(parent: SuiteResult, child: SuiteResult, *, confidence: float = 0.95,
+                    seed: int = 0) -> Comparison | None:
+    """Paired sampled pass@1 (each item's share of right samples) of two arithmetic results, or None unless both
+    sampled the same items with the same number of samples at the same temperature."""
+    keys = ("samples", "temperature")
+    if any(parent.extra.get(k) != child.extra.get(k) for k in keys) or not parent.extra.get("samples"):
+        return None
+    a, b = parent.sampled_outcomes(), child.sampled_outcomes()
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return None
+    return compare_rates([a[i] for i in ids], [b[i] for i in ids], confidence=confidence, seed=seed)
 
 
 def _fmt(cell: dict[str, Any] | None) -> str:
@@ -113,7 +133,8 @@ def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
         lines += ["", "## Paired comparisons against the parent model (same items)", "",
                   "| model | parent | suite | delta | CI | p | test | differs |", "|---|---|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
-            what = "perplexity (per-sequence loss, nats)" if c["suite"] == "perplexity" else c["suite"]
+            what = {"perplexity": "perplexity (per-sequence loss, nats)",
+                    SAMPLED: "arithmetic, sampled pass@1"}.get(c["suite"], c["suite"])
             lines.append(f"| {c['model']} | {c['parent']} | {what} | {c['delta']:+.3f} | "
                          f"[{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p_value']:.3g} | {c['method']} | "
                          f"{'yes' if c['significant'] else 'no'} |")

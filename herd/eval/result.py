@@ -42,6 +42,13 @@ class SuiteResult:
     def outcomes(self) -> dict[str, float]:
         return {s["id"]: float(s[self.outcome_key]) for s in self.samples if self.outcome_key in s}
 
+    def sampled_outcomes(self) -> dict[str, float]:
+        """{item id: share of its sampled answers that were right} (arithmetic's sampled pass@1), or {}."""
+        n = self.extra.get("samples")
+        if not n:
+            return {}
+        return {s["id"]: s["sampled_correct"] / n for s in self.samples if "sampled_correct" in s}
+
     def mlflow_metrics(self, prefix: str = "") -> dict[str, float]:
         """``suite/metric`` -> value, plus ``_lo``, ``_hi`` (the CI) and ``_n``; legal MLflow names."""
         out: dict[str, float] = {}

@@ -35,8 +35,11 @@ def uses_chat(role: str) -> bool:
 
 
 def evaluate_model(lm: HerdLM, evalset_dir: str | Path, cfg: EvaluateConfig, *, val_dir: str | Path | None,
-                   chat: bool = False, heavy: bool = True, on_suite=None) -> dict[str, SuiteResult]:
-    """Run ``cfg.suites`` on ``lm``; ``on_suite(name, result)`` is called after each (progress, logging)."""
+                   chat: bool = False, heavy: bool = True, sampled: bool | None = None,
+                   on_suite=None) -> dict[str, SuiteResult]:
+    """Run ``cfg.suites`` on ``lm``; ``on_suite(name, result)`` is called after each (progress, logging).
+    ``heavy`` turns on NIAH and sampled pass@k; ``sampled`` (default: ``heavy``) sets pass@k on its own."""
+    sampled = heavy if sampled is None else sampled
     out: dict[str, SuiteResult] = {}
     conf, seed = cfg.confidence, cfg.seed
     for suite in cfg.suites:
@@ -53,7 +56,7 @@ def evaluate_model(lm: HerdLM, evalset_dir: str | Path, cfg: EvaluateConfig, *, 
             r = evaluate_multiple_choice(lm, read_items(evalset_dir, "multiple_choice"), chat=chat, confidence=conf)
         elif suite == "arithmetic":
             r = evaluate_arithmetic(lm, read_items(evalset_dir, "arithmetic"), cfg.arithmetic, chat=chat,
-                                    sampled=heavy, confidence=conf, seed=seed, resamples=cfg.bootstrap)
+                                    sampled=sampled, confidence=conf, seed=seed, resamples=cfg.bootstrap)
         elif suite == "needle":
             if not heavy:
                 r = SuiteResult("needle", skipped="NIAH runs on the final model and its parent only "

@@ -4,6 +4,7 @@
     bootstrap_mean(values, seed=0)         # Score for a mean of per-item values (pass@k, per-sequence loss)
     mcnemar(a, b)                          # exact McNemar p-value for two 0/1 vectors on the same items
     paired_bootstrap(a, b, seed=0)         # Comparison: mean(b - a), its CI and a two-sided p-value
+    compare_rates(a, b, seed=0)            # per-item rates (sampled pass@1): bootstrap CI, sign-flip p-value
     pass_at_k(n=8, c=3, k=4)               # unbiased pass@k estimator (Chen et al. 2021, "Codex")
 
 Why Wilson and not the normal interval: eval sets are small and scores are often near 0 or 1, where the
@@ -127,6 +128,33 @@ def compare_binary(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray,
     return Comparison(boot.delta, boot.lo, boot.hi, mcnemar(a, b), boot.n, "mcnemar")
 
 
+def sign_flip(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 10000,
+              seed: int = 0) -> float:
+    """Two-sided paired permutation (sign-flip) test of mean(b - a) = 0: under the null each item's difference is
+    as likely negated, so flip each sign at random and count means at least as far from 0 (+1 smoothing)."""
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("sign_flip needs at least one paired item")
+    observed = abs(d.mean())
+    if observed == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    flips = rng.choice((-1.0, 1.0), size=(resamples, d.size))
+    # a tolerance: mean of the same multiset of values computed in another order differs in the last bits
+    extreme = np.count_nonzero(np.abs((flips * d).mean(1)) >= observed - 1e-12)
+    return float((extreme + 1) / (resamples + 1))
+
+
+def compare_rates(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, confidence: float = 0.95,
+                  resamples: int = 1000, seed: int = 0) -> Comparison:
+    """Paired comparison of per-item success rates in [0, 1] (e.g. c/n of n samples each, sampled pass@1):
+    bootstrap CI of the mean difference, sign-flip permutation p-value (exact in its null, unlike the bootstrap's
+    share of resamples crossing 0, which reads 0 whenever none does)."""
+    boot = paired_bootstrap(a, b, confidence=confidence, resamples=resamples, seed=seed)
+    return Comparison(boot.delta, boot.lo, boot.hi, sign_flip(a, b, resamples=max(resamples, 10000), seed=seed),
+                      boot.n, "sign_flip")
+
+
 def compare(parent: Any, child: Any, *, confidence: float = 0.95, resamples: int = 1000,
             seed: int = 0) -> Comparison | None:
     """Paired comparison of suite result ``child`` against ``parent`` on the items both scored (None when they
@@ -152,5 +180,5 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-__all__ = ["Comparison", "Score", "bootstrap_mean", "compare", "compare_binary", "mcnemar", "paired_bootstrap", "pass_at_k",
-           "wilson"]
+__all__ = ["Comparison", "Score", "bootstrap_mean", "compare", "compare_binary", "compare_rates", "mcnemar",
+           "paired_bootstrap", "pass_at_k", "sign_flip", "wilson"]

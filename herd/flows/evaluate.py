@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from herd.platform.roles import POSTTRAIN_ROLES
 from herd.platform.runner import Resources, Step, StepContext
 
 if TYPE_CHECKING:
@@ -48,6 +49,17 @@ def heavy_refs(models: list[ModelOutput], mode: str) -> set[str]:
         return {m.ref for m in models}
     final = models[-1]
     return {final.ref} | ({final.parent} if final.parent else set())
+
+
+def sampled_refs(models: list[ModelOutput], heavy: set[str], mode: str) -> set[str]:
+    """Models that get sampled pass@k: the heavy ones, plus (``posttrain``) each post-trained model and its parent.
+
+    RL optimizes the policy's sampled success, which greedy decoding can hide (a sharper distribution with the same
+    argmax): pairing each post-training stage with its parent on sampled pass@1 measures what the stage trained."""
+    if mode == "heavy":
+        return set(heavy)
+    post = [m for m in models if m.role in POSTTRAIN_ROLES]
+    return set(heavy) | {m.ref for m in post} | {m.parent for m in post if m.parent}
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -80,7 +92,7 @@ def evaluate_one(ctx: StepContext) -> None:
         ctx.log_metrics({k: v for k, v in r.mlflow_metrics().items() if not k.endswith("_n")}, step=0)
 
     results = evaluate_model(lm, es.local_path(), cfg, val_dir=ctx.inputs["val"].local_path(), chat=chat,
-                             heavy=me["heavy"], on_suite=progress)
+                             heavy=me["heavy"], sampled=me["sampled"], on_suite=progress)
     seconds = time.perf_counter() - t0
     metrics = {k: v for r in results.values() for k, v in r.mlflow_metrics().items()}
     metrics["eval/seconds"] = seconds
@@ -88,7 +100,7 @@ def evaluate_one(ctx: StepContext) -> None:
                          model_metrics=[manifest_entry(model.digest, metrics, dataset=DATASET,
                                                        dataset_digest=es.digest)])
     write_results(results, out, meta={"model": model.digest, "role": me["role"], "parent": me["parent"],
-                                      "chat": chat, "heavy": me["heavy"], "seconds": seconds,
+                                      "chat": chat, "heavy": me["heavy"], "sampled": me["sampled"], "seconds": seconds,
                                       "evalset": es.digest})
     ctx.log_metrics({"eval/seconds": seconds}, step=0)
     ctx.log_params({"role": me["role"], "prompt": "chat" if chat else "completion", "heavy": me["heavy"]})
@@ -166,6 +178,7 @@ def build(recipe: Recipe) -> list[Step]:
     packing = recipe.data.packing
     models = [m for m in model_outputs(recipe) if cfg.roles is None or m.role in cfg.roles]
     heavy = heavy_refs(models, cfg.full_suites_on)
+    sampled = sampled_refs(models, heavy, cfg.arithmetic.sampled_on)
     roles_of = {m.ref: m.role for m in models}
     steps = [Step("evaluate.evalset", evalset, config={"evaluate": cfg, "data.packing": packing},
                   inputs={"tasks": TASKS, "tokenizer": TOKENIZER, "corpus": CORPUS},
@@ -176,14 +189,16 @@ def build(recipe: Recipe) -> list[Step]:
     for m in models:
         name = f"evaluate.{m.role}" if m.role not in names.values() else f"evaluate.{m.ref.replace('.', '_')}"
         names[m.ref] = name
-        me = {"role": m.role, "heavy": m.ref in heavy, "parent": roles_of.get(m.parent or "")}
+        me = {"role": m.role, "heavy": m.ref in heavy, "sampled": m.ref in sampled,
+              "parent": roles_of.get(m.parent or "")}
         steps.append(Step(name, evaluate_one, config={"evaluate": cfg, "evaluate.model": me},
                           inputs={"model": m.ref, "evalset": EVALSET, "val": VAL},
                           outputs={"results": "report"}, resources=Resources(cpus=1),
                           # by name: the engine generates; int8/int4 exports are dequantized by herd.quantize.export
                           code=["herd.eval", "herd.model.generate", "herd.serve.engine", "herd.quantize.export"],
                           description=f"{m.role} ({m.ref}) on {', '.join(cfg.suites)}"
-                                      + (" incl. NIAH and pass@k" if m.ref in heavy else "")))
+                                      + (" incl. NIAH and pass@k" if m.ref in heavy else
+                                         " incl. sampled pass@k" if m.ref in sampled else "")))
     if models:
         parents = {m.role: roles_of.get(m.parent or "") for m in models}
         steps.append(Step("evaluate.report", report,

@@ -21,6 +21,7 @@ from typing import Literal, get_args
 Role = Literal["teacher", "student", "sft", "rl", "dpo", "int8", "int4", "fp8", "external"]
 ROLES: tuple[str, ...] = get_args(Role)
 QUANTIZED_ROLES: tuple[str, ...] = ("int8", "int4", "fp8")
+POSTTRAIN_ROLES: tuple[str, ...] = ("sft", "rl", "dpo")
 # Pipeline order of the roles a trained model can have: a later stage's parent comes earlier here.
 STAGE_ORDER: tuple[str, ...] = ("teacher", "student", "sft", "rl", "dpo", "int8", "int4", "fp8", "external")
 
@@ -37,4 +38,4 @@ def model_name(recipe_name: str, role: str) -> str:
     return f"{recipe_name}-{check_role(role)}"
 
 
-__all__ = ["QUANTIZED_ROLES", "ROLES", "STAGE_ORDER", "Role", "check_role", "model_name"]
+__all__ = ["POSTTRAIN_ROLES", "QUANTIZED_ROLES", "ROLES", "STAGE_ORDER", "Role", "check_role", "model_name"]

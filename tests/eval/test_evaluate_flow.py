@@ -67,3 +67,19 @@ def test_evaluate_flow_every_model_by_role(ray_local, herd_home, monkeypatch) ->
     assert all(c["parent"].startswith("teacher") for c in summary["comparisons"])
     assert (report / "comparison.png").stat().st_size > 5000
     assert (report / "niah_student.png").exists() and "| student |" in (report / "report.md").read_text()
+
+
+def test_sampled_pass_at_k_runs_on_each_posttrained_model_and_its_parent() -> None:
+    """``evaluate.arithmetic.sampled_on: posttrain`` pairs every post-training stage with its parent on sampled
+    pass@1; the default keeps pass@k to the heavy models (the final one and its parent)."""
+    from herd.flows import ModelOutput
+    from herd.flows.evaluate import heavy_refs, sampled_refs
+
+    chain = [ModelOutput("pretrain.model", "teacher", None), ModelOutput("distill.model", "student", "pretrain.model"),
+             ModelOutput("sft.train.model", "sft", "distill.model"), ModelOutput("rl.train.model", "rl", "sft.train.model"),
+             ModelOutput("dpo.train.model", "dpo", "rl.train.model"),
+             ModelOutput("quantize.int4.model", "int4", "dpo.train.model")]
+    heavy = heavy_refs(chain, "final")
+    assert heavy == {"quantize.int4.model", "dpo.train.model"}
+    assert sampled_refs(chain, heavy, "heavy") == heavy
+    assert sampled_refs(chain, heavy, "posttrain") == heavy | {"distill.model", "sft.train.model", "rl.train.model"}

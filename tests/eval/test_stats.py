@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from herd.eval.stats import bootstrap_mean, compare_binary, mcnemar, paired_bootstrap, pass_at_k, wilson
+from herd.eval.stats import (
+    bootstrap_mean,
+    compare_binary,
+    compare_rates,
+    mcnemar,
+    paired_bootstrap,
+    pass_at_k,
+    sign_flip,
+    wilson,
+)
 
 
 def test_wilson_matches_reference_values() -> None:
@@ -70,3 +79,50 @@ def test_report_claims_a_difference_only_when_interval_and_test_agree(tmp_path) 
     (c,) = build_report([parent, child], tmp_path, seq_len=64)["comparisons"]
     assert c["lo"] > 0 and math.isclose(c["p_value"], 0.0625)
     assert c["significant"] is False
+
+
+def test_sign_flip_matches_the_exact_permutation_distribution() -> None:
+    """10 paired differences: every one of the 2**10 sign patterns enumerated by hand gives the exact p-value."""
+    d = np.array([0.25, 0.125, 0.0, 0.375, -0.125, 0.25, 0.5, 0.0, 0.125, -0.25])
+    means = np.array([abs(np.dot(signs, d)) / d.size for signs in itertools.product((-1, 1), repeat=d.size)])
+    exact = np.mean(means >= abs(d.mean()) - 1e-12)
+    p = sign_flip(np.zeros_like(d), d, resamples=200_000, seed=3)
+    assert abs(p - exact) < 0.005 and 0.01 < exact < 0.2
+    assert sign_flip([0.5, 0.25], [0.5, 0.25]) == 1.0
+    with pytest.raises(ValueError, match="paired item"):
+        sign_flip([], [])
+
+
+def test_compare_rates_finds_a_shift_in_per_item_rates_and_not_noise() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.binomial(8, 0.05, size=400) / 8  # each item's share of 8 samples right
+    b = rng.binomial(8, 0.10, size=400) / 8
+    up = compare_rates(a, b)
+    assert up.method == "sign_flip" and up.p_value < 1e-3 and up.lo > 0 and up.delta == pytest.approx(b.mean() - a.mean())
+    same = compare_rates(a, rng.binomial(8, 0.05, size=400) / 8)
+    assert same.p_value > 0.01 and same.lo < 0 < same.hi
+
+
+def test_report_pairs_sampled_pass_at_1_only_at_the_same_temperature(tmp_path) -> None:
+    """RL's parent and child sampled 8 answers per item at T = 0.8: the report pairs their per-item shares
+    (c / 8); a child sampled at another temperature is not paired on sampled pass@1, only greedily."""
+    from herd.eval.report import SAMPLED, ModelResults, build_report
+    from herd.eval.result import SuiteResult
+
+    def suite(greedy: list[int], right: list[int], temperature: float) -> SuiteResult:
+        samples = [{"id": f"q{i}", "correct": g, "sampled_correct": c} for i, (g, c) in enumerate(zip(greedy, right))]
+        return SuiteResult("arithmetic", {"pass_at_1": wilson(sum(greedy), len(greedy))}, primary="pass_at_1",
+                           samples=samples, extra={"samples": 8, "temperature": temperature})
+
+    greedy = [0] * 60
+    parent = ModelResults("sft", "sft", "d" * 64, {"arithmetic": suite(greedy, [0] * 50 + [1] * 10, 0.8)})
+    child = ModelResults("rl", "rl", "e" * 64, {"arithmetic": suite(greedy, [2] * 50 + [1] * 10, 0.8)},
+                         parent="d" * 64)
+    comps = {c["suite"]: c for c in build_report([parent, child], tmp_path, seq_len=64)["comparisons"]}
+    assert comps["arithmetic"]["delta"] == 0 and comps["arithmetic"]["significant"] is False
+    s = comps[SAMPLED]
+    assert s["delta"] == pytest.approx(50 * 2 / 8 / 60) and s["method"] == "sign_flip"
+    assert s["p_value"] < 1e-3 and s["significant"] is True
+    assert "arithmetic, sampled pass@1" in (tmp_path / "report.md").read_text()
+    hot = ModelResults("rl", "rl", "e" * 64, {"arithmetic": suite(greedy, [2] * 60, 1.0)}, parent="d" * 64)
+    assert SAMPLED not in {c["suite"] for c in build_report([parent, hot], tmp_path, seq_len=64)["comparisons"]}
