@@ -129,14 +129,18 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
         from herd.platform.runner import Runner
 
         rt = _runtime(rec, address, tracking_uri, store)
-        if any(s.flow == "deploy" for s in steps) and (not flows or "deploy" in flows):
+        targets = _targets(steps, flows)
+        deploying = any(s.flow == "deploy" for s in steps) and (not flows or "deploy" in flows)
+        if deploying:
             # the endpoint must outlive this command: run on a persistent local Ray head (as `herd up`)
             rt.ensure_persistent(on_event=_serve_say)
             _serve_say("herd keeps a persistent local Ray head for the served endpoint; `herd status` lists "
                        "endpoints, `herd down` stops them and the head")
+        if rt.on_own_head():  # this machine's head (`herd up`, an earlier run), not a cluster named by --address
+            _free_cores_of_old_endpoints(rt, steps, targets, force or (), deploying)
         try:
             runner = Runner(rt)
-            res = runner.run(steps, _targets(steps, flows), recipe_source=rec.source, force=force or (),
+            res = runner.run(steps, targets, recipe_source=rec.source, force=force or (),
                              lease_wait_s=wait_lease, recipe=rec)
         finally:
             rt.stop()
@@ -146,6 +150,31 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
               f"reused. MLflow runs: {', '.join(f'{k}={v}' for k, v in res.flow_runs.items()) or 'none new'}")
     if res.flow_runs:  # the runs view; for a sqlite store nobody serves yet, the `herd ui` command that will
         _say(runner.lineage.where_to_look(next(iter(res.flow_runs.values())), rec.source))
+
+
+def _free_cores_of_old_endpoints(rt, steps, targets, force, deploying: bool = True) -> None:
+    """Stop HERD_HOME's endpoints on this machine's head before steps other than deploy run again.
+
+    An earlier run's endpoint keeps its replicas' CPUs (placement groups) reserved; a re-run's training step asks
+    Ray Train for every core and would wait for them forever ("starting Ray Train workers"). deploy.serve serves
+    the new models at the end (`herd flow deploy` when this command does not deploy). A run that reuses every
+    step leaves the endpoint alone."""
+    from herd.platform.runner import Runner
+    from herd.serve.app import recorded, stop
+
+    if not recorded(rt.home):
+        return
+    todo = [e.step for e in Runner(rt, progress=False).plan(steps, targets, force=force)
+            if e.action == "run" and not e.step.startswith("deploy.")]
+    if not todo:
+        return
+    rt.start()
+    stopped = stop(rt.home)
+    if stopped:
+        _serve_say(f"stopped endpoint {', '.join(stopped)} of an earlier run: its replicas hold CPUs that "
+                   f"{todo[0]}{' and later steps' if len(todo) > 1 else ''} need on this machine; "
+                   + ("deploy.serve serves the new models at the end" if deploying
+                      else "`herd flow deploy` serves them again"))
 
 
 @app.command()

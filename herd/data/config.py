@@ -114,9 +114,9 @@ class SyntheticConfig(_Section):
         False, description="Work the solutions in steps ('26 + 47 = 60 + 13 = 73. The answer is 73.') instead of "
         "one ('26 + 47 = 73.'). Trained alone on the same tokens for 6 minutes, the tiny student solved 0.335 of "
         "held-out problems with steps vs 0.217 without (benchmarks/arith_probe.py). In the tiny pipeline with 560 "
-        "distill steps the student rose to 0.116 (one-step work: 0.049) but SFT, RL and DPO took it back to 0.072 "
-        "in 16 minutes (0.055 with 520 steps); one-step work's final model scored 0.058-0.070. Off in tiny and "
-        "small (measured); docs/benchmarks.md \"posttrain\".")
+        "distill steps the student rose to 0.116 (one-step work: 0.049); with RL at lr 1e-4 the final model kept "
+        "0.107 (one-step work's: 0.058-0.070). On in tiny, off in small (measured there with one step); "
+        "docs/benchmarks.md \"posttrain\".")
     n_arithmetic_eval: int = Field(200, ge=1, description="Held-out arithmetic problems for evaluation.")
     n_rl_prompts: int = Field(
         400, ge=1, description="Held-out arithmetic prompts with verifiable answers for RL."

@@ -70,13 +70,16 @@ def final_model(recipe: Recipe) -> tuple[str, str]:
 
 
 def build(recipe: Recipe) -> list[Step]:
+    from herd.eval.config import ArithmeticConfig
+
     cfg = recipe.quantize
     role, parent = final_model(recipe)
     return [Step(
         f"quantize.{s.scheme}", quantize,
         # each step keys on its own scheme only: changing int4's group size does not re-run int8
         config={"quantize": cfg.model_copy(update={"schemes": [s]}), "parent_role": role,
-                "evaluate.arithmetic": recipe.evaluate.arithmetic},
+                # the gate scores greedily: only the answer budget, so changing pass@k's sampling re-quantizes nothing
+                "evaluate.arithmetic": ArithmeticConfig(max_new_tokens=recipe.evaluate.arithmetic.max_new_tokens)},
         inputs={"parent": parent, "calibration": CALIBRATION[cfg.calibration.split], "val": VAL,
                 **({"evalset": EVALSET} if cfg.eval_items else {})},
         outputs={"model": "model"},

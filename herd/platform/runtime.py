@@ -280,6 +280,12 @@ class Runtime:
         self.ray_address = recorded["address"]
         return recorded
 
+    def on_own_head(self) -> bool:
+        """Whether this command attaches to HERD_HOME's own persistent Ray head (started by `herd up` or an
+        earlier run on this machine), not to a cluster named by --address / RAY_ADDRESS."""
+        head = read_services(self.home).get("ray")
+        return head is not None and self.ray_address == head.get("address")
+
     def start(self) -> RayInfo:
         """Prepare, then attach to (or start) Ray. Idempotent."""
         if self.ray is not None:

@@ -23,6 +23,27 @@ from tests.serve.tiny import write_tiny_model
 pytestmark = pytest.mark.slow
 
 
+# What `herd run` and `herd flow` do on HERD_HOME's own head before steps run (herd.cli._do_run), in a fresh process
+# attached to the test's head: a step named by argv[1] is never cached here, so it has to run.
+PROBE = """
+import sys
+from herd.cli import _free_cores_of_old_endpoints
+from herd.platform.config import RuntimeConfig
+from herd.platform.runtime import Runtime
+from herd.platform.step import Step
+rt = Runtime(RuntimeConfig())
+rt.prepare()  # the head's token settings, before anything imports ray (tests.conftest does)
+from tests.serve.test_serve_cli import noop_step
+assert rt.on_own_head()
+_free_cores_of_old_endpoints(rt, [Step(sys.argv[1], noop_step, outputs={"out": "report"})], None, ())
+rt.stop()
+"""
+
+
+def noop_step(ctx) -> None:  # the probe's step: planned, never run
+    raise AssertionError("the probe only plans")
+
+
 def _herd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "herd", *args], check=False, env=env, capture_output=True, text=True,
                           timeout=420)
@@ -54,6 +75,18 @@ def test_herd_serve_status_down(tmp_path) -> None:
         assert status.returncode == 0, status.stderr[-3000:]
         rows = json.loads(status.stdout)
         assert [(r["url"], r["up"], [m["id"] for m in r["models"]]) for r in rows] == [(url, True, ["tiny"])]
+
+        # a re-run with only deploy to do leaves the endpoint up; one with a step to run frees its CPUs first
+        # (its replicas' reservations would keep a Ray Train worker group from ever being placed)
+        kept = subprocess.run([sys.executable, "-c", PROBE, "deploy.serve"], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert kept.returncode == 0 and "stopped endpoint" not in kept.stdout, kept.stdout + kept.stderr[-3000:]
+        assert httpx.get(f"{url}/models", timeout=30).status_code == 200
+        freed = subprocess.run([sys.executable, "-c", PROBE, "rl.train"], env=env, capture_output=True,
+                               text=True, timeout=300, check=False)
+        assert freed.returncode == 0, freed.stdout + freed.stderr[-3000:]
+        assert "stopped endpoint" in freed.stdout and "rl.train" in freed.stdout, freed.stdout
+        assert json.loads(_herd("status", "--json", env=env).stdout or "[]") == []
     finally:
         down = _herd("down", env=env)
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
