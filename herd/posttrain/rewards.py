@@ -85,17 +85,21 @@ def format_ok(p: Prompt, completion: str, stopped: bool) -> bool:
 
 
 def reward(p: Prompt, completion: str, *, stopped: bool, format_weight: float,
-           require_work: bool = False) -> tuple[float, float]:
+           require_work: bool = False, format_needs_correct: bool = False) -> tuple[float, float]:
     """(total reward, correctness). Format only adds on top of correctness, so a wrong answer never wins by
     format alone while a right one that also stops cleanly scores highest. With `require_work`, an arithmetic
     answer is correct only when its worked expression copies the question's numbers: the tiny SFT student's
     correct greedy answers were all guesses (0 of 200 with the question's operands: "45 / 7 = 11" for 21 / 7),
-    and RL reinforced those instead of the copying that real answers need."""
+    and RL reinforced those instead of the copying that real answers need. With `format_needs_correct` only a
+    correct answer earns the format bonus: else a group of wrong answers that differ in format alone has reward
+    variance, survives the zero-variance filter, and group normalization scales its 0.1 to advantages as large
+    as a correct answer's, so RL reinforces well-formatted wrong results ("26 + 47 = 60 + 13 = 83.")."""
     c = is_correct(p, completion)
     worked = format_ok(p, completion, stopped=True)  # the format, whether or not the answer stopped
     if require_work and p.capability == "arithmetic" and p.reward_fn is None and not worked:
         c = 0.0
-    return c + format_weight * float(stopped and worked), c
+    earns = stopped and worked and (c > 0 or not format_needs_correct)
+    return c + format_weight * float(earns), c
 
 
 __all__ = ["Prompt", "format_ok", "is_correct", "normalize", "question_numbers", "reward", "worked_operands"]

@@ -96,7 +96,7 @@ class RolloutSource:
                 o, ids = outs[i * G + j], prompt_ids[i * G + j]
                 text = self.tok.decode([t for t in o.tokens if t != EOT_ID], skip_special_tokens=True)
                 r, correct = reward(p, text, stopped=o.stopped, format_weight=cfg.format_reward,
-                                    require_work=cfg.require_work)
+                                    require_work=cfg.require_work, format_needs_correct=cfg.format_needs_correct)
                 members.append({"prompt": ids, "tokens": o.tokens, "logprobs": o.logprobs, "stopped": o.stopped,
                                 "reward": r, "correct": correct, "format": format_ok(p, text, o.stopped)})
             groups.append({"prompt_id": pid, "capability": p.capability, "members": members})

@@ -270,6 +270,28 @@ def test_arithmetic_format_is_the_worked_answer() -> None:
     assert not format_ok(q, "26 + 47 = 60 + 13 = 73 = 73. The answer is 73.", stopped=True)  # a step is an expression
 
 
+def test_format_bonus_only_for_correct_answers_leaves_wrong_groups_to_the_filter() -> None:
+    """With format_needs_correct, a group of wrong answers that differ only in format has zero reward variance (the
+    filter drops it); without, its 0.1 vs 0 becomes advantages of +-0.97 after the group's std, as big as a correct
+    answer's would be, on well-formatted wrong results."""
+    from herd.posttrain.rewards import Prompt, reward
+
+    q = Prompt("g", [{"role": "user", "content":
+               "Theo has 26 stickers. Theo gets 47 more. How many stickers does Theo have now?"}], "73", "arithmetic")
+    answers = ["26 + 47 = 60 + 13 = 83. The answer is 83.", "26 + 47 = 74. The answer is 74.",
+               "The answer is 70.", "20 + 40 = 60. The answer is 60."]  # wrong: two worked, two not
+    kw = {"stopped": True, "format_weight": 0.1, "require_work": True}
+    loose = torch.tensor([[reward(q, a, **kw)[0] for a in answers]])
+    strict = torch.tensor([[reward(q, a, **kw, format_needs_correct=True)[0] for a in answers]])
+    assert loose.tolist() == [[pytest.approx(0.1), pytest.approx(0.1), 0.0, 0.0]] and not zero_variance(loose).item()
+    assert group_advantages(loose)[0, 0].item() == pytest.approx(0.05 / (0.1 / math.sqrt(3) + 1e-4), rel=1e-4)
+    assert strict.tolist() == [[0.0, 0.0, 0.0, 0.0]] and zero_variance(strict).item()
+    # a correct answer still earns it: right and stopped 1.1, right and cut off 1.0
+    assert reward(q, "26 + 47 = 73. The answer is 73.", **kw, format_needs_correct=True) == (1.1, 1.0)
+    assert reward(q, "26 + 47 = 73. The answer is 73.", stopped=False, format_weight=0.1,
+                  format_needs_correct=True) == (1.0, 1.0)
+
+
 def test_onpolicy_pairs_choose_what_rl_rewards_never_a_lucky_guess():
     """The DPO pair of one prompt: chosen is solved the way RL's reward counts it (with require_work, the worked
     answer on the question's numbers), format first, then the shortest; rejected is the longest unsolved one."""
