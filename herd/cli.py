@@ -152,7 +152,7 @@ def _do_run(recipe, sets, address, tracking_uri, store, flows: list[str] | None,
         _say(runner.lineage.where_to_look(next(iter(res.flow_runs.values())), rec.source))
 
 
-def _free_cores_of_old_endpoints(rt, steps, targets, force, deploying: bool = True) -> None:
+def _free_cores_of_old_endpoints(rt, steps, targets, force, deploying: bool) -> None:
     """Stop HERD_HOME's endpoints on this machine's head before steps other than deploy run again.
 
     An earlier run's endpoint keeps its replicas' CPUs (placement groups) reserved; a re-run's training step asks

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.eval.result import SuiteResult
-from herd.eval.stats import Comparison, compare, compare_rates
+from herd.eval.stats import Comparison, compare, compare_rates, shared_items
 
 # The headline metric of each suite (what the table and chart show).
 PRIMARY = {"perplexity": "perplexity", "knowledge": "exact_match", "arithmetic": "pass_at_1",
@@ -100,11 +100,8 @@ def compare_sampled(parent: SuiteResult, child: SuiteResult, *, confidence: floa
     keys = ("samples", "temperature")
     if any(parent.extra.get(k) != child.extra.get(k) for k in keys) or not parent.extra.get("samples"):
         return None
-    a, b = parent.sampled_outcomes(), child.sampled_outcomes()
-    ids = sorted(set(a) & set(b))
-    if not ids:
-        return None
-    return compare_rates([a[i] for i in ids], [b[i] for i in ids], confidence=confidence, seed=seed)
+    x, y = shared_items(parent.sampled_outcomes(), child.sampled_outcomes())
+    return compare_rates(x, y, confidence=confidence, seed=seed) if x else None
 
 
 def _fmt(cell: dict[str, Any] | None) -> str:

@@ -155,17 +155,21 @@ def compare_rates(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarr
                       boot.n, "sign_flip")
 
 
+def shared_items(a: dict[str, float], b: dict[str, float]) -> tuple[list[float], list[float]]:
+    """The values of the items both ``{item id: value}`` maps scored, in id order (what a paired test compares)."""
+    ids = sorted(set(a) & set(b))
+    return [a[i] for i in ids], [b[i] for i in ids]
+
+
 def compare(parent: Any, child: Any, *, confidence: float = 0.95, resamples: int = 1000,
             seed: int = 0) -> Comparison | None:
     """Paired comparison of suite result ``child`` against ``parent`` on the items both scored (None when they
     share none). 0/1 outcomes (accuracy suites): McNemar's exact test with a paired-bootstrap CI of the accuracy
     difference; per-item values (perplexity's per-sequence loss): a paired bootstrap. Arguments are
     ``herd.eval.result.SuiteResult`` (anything with ``outcomes()`` and ``outcome_key``)."""
-    a, b = parent.outcomes(), child.outcomes()
-    ids = sorted(set(a) & set(b))
-    if not ids:
+    x, y = shared_items(parent.outcomes(), child.outcomes())
+    if not x:
         return None
-    x, y = [a[i] for i in ids], [b[i] for i in ids]
     if child.outcome_key == "correct":
         return compare_binary(x, y, confidence=confidence, resamples=resamples, seed=seed)
     return paired_bootstrap(x, y, confidence=confidence, resamples=resamples, seed=seed)
@@ -181,4 +185,4 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 __all__ = ["Comparison", "Score", "bootstrap_mean", "compare", "compare_binary", "compare_rates", "mcnemar",
-           "paired_bootstrap", "pass_at_k", "sign_flip", "wilson"]
+           "paired_bootstrap", "pass_at_k", "shared_items", "sign_flip", "wilson"]

@@ -35,7 +35,7 @@ rt = Runtime(RuntimeConfig())
 rt.prepare()  # the head's token settings, before anything imports ray (tests.conftest does)
 from tests.serve.test_serve_cli import noop_step
 assert rt.on_own_head()
-_free_cores_of_old_endpoints(rt, [Step(sys.argv[1], noop_step, outputs={"out": "report"})], None, ())
+_free_cores_of_old_endpoints(rt, [Step(sys.argv[1], noop_step, outputs={"out": "report"})], None, (), True)
 rt.stop()
 """
 
