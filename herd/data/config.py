@@ -98,7 +98,19 @@ class SyntheticConfig(_Section):
     n_entities: int = Field(
         240, ge=4, le=1_000_000, description="People in the knowledge world (each has 5 facts)."
     )
-    paraphrases: int = Field(4, ge=1, le=16, description="Pretraining documents stating each entity's facts.")
+    paraphrases: int = Field(
+        4, ge=1, le=256, description="Pretraining documents stating each entity's facts, each with its own templates "
+        "and fact order. A fact is learned only after ~100 readings of its person's biographies "
+        "(benchmarks/knowledge_probe.py: multiple choice 0.39 after 63, 0.90 after 182); at 4 paraphrases and ~2 "
+        "passes a person is read ~8 times, so tiny's knowledge stays at chance and small reads 64."
+    )
+    knowledge_qa: bool = Field(
+        False, description="Also write the training entities' questions and answers into the pretraining text "
+        "('Question: ...\nAnswer: ...', one document per entity; 'mixed training' in Physics of Language Models "
+        "3.1), so facts read in biographies become answerable by questions. The held-out entities' questions stay "
+        "out. Probe (benchmarks/knowledge_probe.py, 16 paraphrases, ~150 readings): held-out multiple choice "
+        "0.87 with it, 0.43 without; exact match 0.50 vs 0.00."
+    )
     heldout_entity_fraction: float = Field(
         0.25,
         gt=0,

@@ -67,6 +67,21 @@ def test_heldout_sets_never_in_training_text(corpus):
         assert not any(e in row["prompt"][0]["content"] for e in eval_entities)
 
 
+def test_mixed_training_qa_asks_about_training_people_only():
+    qa_corpus = build_synthetic(CFG.model_copy(update={"knowledge_qa": True, "n_images": 0}))
+    qa_docs = [d["text"] for d in qa_corpus.documents if d["family"] == "knowledge_qa"]
+    train_people = {r["entity"] for r in qa_corpus.tasks["knowledge_train_qa"]}
+    assert len(qa_docs) == len(train_people) == 80 - round(0.25 * 80)
+    for row in qa_corpus.tasks["knowledge_train_qa"]:  # every training fact is asked, in the evaluation's format
+        assert f"Question: {row['question']}\nAnswer: {row['answer']}." in "\n".join(qa_docs)
+    text = training_text(qa_corpus)
+    for row in qa_corpus.tasks["knowledge_eval"]:
+        assert row["question"] not in text
+    # the switch adds documents and changes no other family's
+    plain = [d for d in qa_corpus.documents if d["family"] != "knowledge_qa"]
+    assert plain == build_synthetic(CFG.model_copy(update={"n_images": 0})).documents
+
+
 def test_answers_are_checkable(corpus):
     for row in corpus.tasks["arithmetic_eval"][:50]:
         assert check_answer(f"so the answer is {row['answer']}", row["answer"])

@@ -5,7 +5,8 @@
     write_synthetic(corpus, raw_dir, tasks_dir)
 
 Training side (goes through cleaning, tokenizer and packing like any source):
-  documents  pretraining text: biographies, worked arithmetic, needle documents with their answer, prose
+  documents  pretraining text: biographies (plus the training people's Q&A with `knowledge_qa`), worked
+             arithmetic, needle documents with their answer, prose
   chats      SFT conversations over training entities and training problems
   images     digit chats with their 8x8 pixels (training split)
 Held-out side (task sets for later stages; never in training text, tested):
@@ -56,6 +57,11 @@ def build_synthetic(cfg: SyntheticConfig) -> SyntheticCorpus:
     for person in people:
         for _ in range(cfg.paraphrases):
             out.documents.append({"text": knowledge.biography(person, rng_k), "family": "knowledge"})
+    if cfg.knowledge_qa:  # mixed training: questions about the training people beside the biographies
+        for person in train_people:
+            qa = [knowledge.question(person, attr) for attr in rng_k.permutation(knowledge.ATTRIBUTES)]
+            text = "\n".join(f"Question: {q}\nAnswer: {a}." for q, a in qa)
+            out.documents.append({"text": text, "family": "knowledge_qa"})
     for split, group in (("knowledge_eval", held), ("knowledge_train_qa", train_people)):
         for person in group:
             for attr in knowledge.ATTRIBUTES:
