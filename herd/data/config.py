@@ -102,7 +102,7 @@ class SyntheticConfig(_Section):
         4, ge=1, le=256, description="Pretraining documents stating each entity's facts, each with its own templates "
         "and fact order. A fact is learned only after ~100 readings of its person's biographies "
         "(benchmarks/knowledge_probe.py: multiple choice 0.39 after 63, 0.90 after 182); at 4 paraphrases and ~2 "
-        "passes a person is read ~8 times, so tiny's knowledge stays at chance and small reads 64."
+        "passes a person is read ~8 times, and tiny's and small's knowledge stays at chance."
     )
     knowledge_qa: bool = Field(
         False, description="Also write the training entities' questions and answers into the pretraining text "
