@@ -38,6 +38,25 @@ def _output(home: Path, step: str, name: str) -> Path:
     return home / "artifacts/objects" / digest[:2] / digest
 
 
+def train_step(model: Llama4, opt: torch.optim.Optimizer, batch: torch.Tensor, step: int, *, bf16: bool) -> torch.Tensor:
+    """One next-token step on `batch` (rows of seq + 1 tokens): 20-step linear warmup, clip 1.0, router bias update."""
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+        g["lr"] = g["initial_lr"] * min(1.0, (step + 1) / 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(batch[:, :-1])
+    loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+    (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for m in model.modules():  # aux-free router balancing, as herd's trainer does after each step
+        if hasattr(m, "update_router_bias") and not any(
+                c is not m and hasattr(c, "update_router_bias") for c in m.modules()):
+            m.update_router_bias()
+    return loss.detach()
+
+
 def kind(question: str) -> str:
     return ("add" if "gets" in question else "sub" if "gave" in question else "mul" if "in each" in question
             else "div" if "shares" in question else "3op")
@@ -136,20 +155,7 @@ def main() -> None:
             perm, ptr = torch.randperm(n), 0
         b = data[perm[ptr:ptr + a.rows]]
         ptr += a.rows
-        for g in opt.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-            g["lr"] = g["initial_lr"] * min(1.0, (step + 1) / 20)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            out = model(b[:, :-1])
-        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), b[:, 1:].flatten())
-        (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        for m in model.modules():  # aux-free router balancing, as herd's trainer does after each step
-            if hasattr(m, "update_router_bias") and not any(
-                    c is not m and hasattr(c, "update_router_bias") for c in m.modules()):
-                m.update_router_bias()
+        loss = train_step(model, opt, b, step, bf16=a.bf16)
         step += 1
         dt = time.perf_counter() - t0
         trained, since_eval = trained + dt, since_eval + dt

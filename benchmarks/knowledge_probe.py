@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from arith_probe import _output, train_step
 
 from herd.data.synthetic import knowledge
 from herd.eval.stats import wilson
@@ -34,11 +35,6 @@ from herd.model.generate import SamplingParams, generate
 from herd.platform.config import load_recipe
 from herd.train.loop import cpu_has_native_bf16
 from herd.train.optim import build_optimizer
-
-
-def _output(home: Path, step: str, name: str) -> Path:
-    digest = json.loads((home / "artifacts/steps" / step / "latest.json").read_text())["outputs"][name]
-    return home / "artifacts/objects" / digest[:2] / digest
 
 
 def main() -> None:
@@ -128,7 +124,7 @@ def main() -> None:
     trained, step, since_eval, perm, ptr, kn_rows = 0.0, 0, 0.0, torch.randperm(n), 0, 0
     while trained < a.minutes * 60:
         t0 = time.perf_counter()
-        n_arith = int(round(a.rows * a.arith_share)) if arith is not None else 0
+        n_arith = round(a.rows * a.arith_share) if arith is not None else 0
         k = a.rows - n_arith
         if ptr + k > n:
             perm, ptr = torch.randperm(n), 0
@@ -137,20 +133,7 @@ def main() -> None:
         if n_arith:
             parts.append(arith[torch.randint(len(arith), (n_arith,))])
         b = torch.cat(parts)
-        for g in opt.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-            g["lr"] = g["initial_lr"] * min(1.0, (step + 1) / 20)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(b[:, :-1])
-        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), b[:, 1:].flatten())
-        (loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        for m in model.modules():  # aux-free router balancing, as herd's trainer does after each step
-            if hasattr(m, "update_router_bias") and not any(
-                    c is not m and hasattr(c, "update_router_bias") for c in m.modules()):
-                m.update_router_bias()
+        loss = train_step(model, opt, b, step, bf16=bf16)
         step += 1
         dt = time.perf_counter() - t0
         trained, since_eval = trained + dt, since_eval + dt
