@@ -106,7 +106,7 @@ class SyntheticConfig(_Section):
     )
     knowledge_qa: bool = Field(
         False, description="Also write the training entities' questions and answers into the pretraining text "
-        "('Question: ...\nAnswer: ...', one document per entity; 'mixed training' in Physics of Language Models "
+        "('Question: ... Answer: ...' pairs, one document per entity; 'mixed training' in Physics of Language Models "
         "3.1), so facts read in biographies become answerable by questions. The held-out entities' questions stay "
         "out. Probe (benchmarks/knowledge_probe.py, 16 paraphrases, ~150 readings): held-out multiple choice "
         "0.87 with it, 0.43 without; exact match 0.50 vs 0.00."
