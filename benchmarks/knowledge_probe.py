@@ -29,6 +29,7 @@ import torch
 from arith_probe import _output, train_step
 
 from herd.data.synthetic import knowledge
+from herd.eval.evalset import completion_prompt
 from herd.eval.stats import wilson
 from herd.model import Llama4, ModelConfig
 from herd.model.generate import SamplingParams, generate
@@ -69,9 +70,7 @@ def main() -> None:
     docs = [knowledge.biography(p, rng) for p in people for _ in range(a.paraphrases)]
     bio_tokens = sum(len(tok.encode(d, add_special_tokens=False).ids) + 2 for d in docs)
     if a.qa:  # one document per training person: its five questions in a random order
-        for p in train_people:
-            qa = [knowledge.question(p, attr) for attr in rng.permutation(knowledge.ATTRIBUTES)]
-            docs.append("\n".join(f"Question: {q}\nAnswer: {ans}." for q, ans in qa))
+        docs += [knowledge.qa_document(p, rng) for p in train_people]
     random.shuffle(docs)
     stream: list[int] = []
     for d in docs:
@@ -93,7 +92,7 @@ def main() -> None:
     model = Llama4(ModelConfig.model_validate(recipe.models[a.model].model_dump()))
     opt = build_optimizer(model, recipe.pretrain.optim.model_copy(update={"lr": a.lr}))
     qs = [knowledge.question(p, attr) for p in held for attr in knowledge.ATTRIBUTES]
-    prompts = [tok.encode(f"<|begin_of_text|>Question: {q}\nAnswer:", add_special_tokens=False).ids for q, _ in qs]
+    prompts = [tok.encode(completion_prompt(q), add_special_tokens=False).ids for q, _ in qs]
     mc_rng = np.random.default_rng(1)
     attrs = [attr for _ in held for attr in knowledge.ATTRIBUTES]
     choices = [[ans, *knowledge.distractors(attr, ans, 3, mc_rng)] for (_, ans), attr in zip(qs, attrs, strict=True)]

@@ -72,8 +72,9 @@ def test_mixed_training_qa_asks_about_training_people_only():
     qa_docs = [d["text"] for d in qa_corpus.documents if d["family"] == "knowledge_qa"]
     train_people = {r["entity"] for r in qa_corpus.tasks["knowledge_train_qa"]}
     assert len(qa_docs) == len(train_people) == 80 - round(0.25 * 80)
+    qa_text = "\n".join(qa_docs)
     for row in qa_corpus.tasks["knowledge_train_qa"]:  # every training fact is asked, in the evaluation's format
-        assert f"Question: {row['question']}\nAnswer: {row['answer']}." in "\n".join(qa_docs)
+        assert f"Question: {row['question']}\nAnswer: {row['answer']}." in qa_text
     text = training_text(qa_corpus)
     for row in qa_corpus.tasks["knowledge_eval"]:
         assert row["question"] not in text

@@ -59,9 +59,7 @@ def build_synthetic(cfg: SyntheticConfig) -> SyntheticCorpus:
             out.documents.append({"text": knowledge.biography(person, rng_k), "family": "knowledge"})
     if cfg.knowledge_qa:  # mixed training: questions about the training people beside the biographies
         for person in train_people:
-            qa = [knowledge.question(person, attr) for attr in rng_k.permutation(knowledge.ATTRIBUTES)]
-            text = "\n".join(f"Question: {q}\nAnswer: {a}." for q, a in qa)
-            out.documents.append({"text": text, "family": "knowledge_qa"})
+            out.documents.append({"text": knowledge.qa_document(person, rng_k), "family": "knowledge_qa"})
     for split, group in (("knowledge_eval", held), ("knowledge_train_qa", train_people)):
         for person in group:
             for attr in knowledge.ATTRIBUTES:

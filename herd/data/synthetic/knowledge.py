@@ -367,6 +367,13 @@ def question(person: Person, attribute: str) -> tuple[str, str]:
     return q.format(**f), a.format(**f)
 
 
+def qa_document(person: Person, rng: np.random.Generator) -> str:
+    """The person's five questions with their answers, in a random order, in the pretraining / evaluation format
+    ("Question: ...\nAnswer: ...."): a "mixed training" document (Physics of Language Models 3.1)."""
+    pairs = [question(person, attr) for attr in rng.permutation(ATTRIBUTES)]
+    return "\n".join(f"Question: {q}\nAnswer: {a}." for q, a in pairs)
+
+
 # Answer pools per attribute, for multiple choice: distractors are answers of the same kind (another city for a
 # city), so a model cannot pick the right option by its type alone.
 ANSWER_POOLS: dict[str, list[str]] = {
